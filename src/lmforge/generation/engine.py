@@ -1,0 +1,143 @@
+"""The Engine: prefill and decode over a static KV cache. Every command generates through it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from ..cache import StaticKVCache
+from ..config import ModelConfig
+from ..errors import LmforgeError
+from ..models.transformer import Batch, Transformer
+from .sampling import GenerationConfig, apply_repetition_penalty, select
+
+
+@dataclass
+class Prompts:
+    """A left-padded batch of prompts."""
+    tokens: torch.Tensor     # [B, P]
+    valid: torch.Tensor      # [B, P] bool, False on padding
+    lengths: list[int]
+
+    @classmethod
+    def pad(cls, prompts: list[list[int]], pad_id: int, device) -> "Prompts":
+        P = max(len(p) for p in prompts)
+        tokens = torch.full((len(prompts), P), pad_id, dtype=torch.long)
+        valid = torch.zeros((len(prompts), P), dtype=torch.bool)
+        for i, p in enumerate(prompts):
+            if p:
+                tokens[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
+                valid[i, P - len(p):] = True
+        return cls(tokens.to(device), valid.to(device), [len(p) for p in prompts])
+
+
+class Engine:
+    def __init__(self, model: Transformer, device: torch.device, dtype: torch.dtype):
+        self.model, self.device, self.dtype = model, device, dtype
+        self.cfg: ModelConfig = model.cfg
+
+    # ------------------------------------------------------------------------------ the two steps
+    def forward(self, tokens, batch: Batch, cache, last_only: bool) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(tokens, batch, cache, last_only=last_only)
+
+    def check_lengths(self, prompts: list[list[int]], max_new_tokens: int) -> int:
+        """Validate prompt lengths; return the number of new tokens that fit in the context."""
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise LmforgeError("empty prompt: give at least one token of input")
+        ctx = self.cfg.max_seq_len
+        longest = max(len(p) for p in prompts)
+        if longest >= ctx:
+            raise LmforgeError(f"the prompt is {longest} tokens long but the model's context window is "
+                               f"{ctx} tokens; shorten the prompt to at most {ctx - 1} tokens")
+        return min(max_new_tokens, ctx - longest)
+
+    def new_cache(self, batch_size: int, max_len: int) -> StaticKVCache:
+        return StaticKVCache(self.cfg, batch_size, max_len, self.dtype, self.device)
+
+    def _window(self, mask: torch.Tensor, q_slots: torch.Tensor, L: int) -> torch.Tensor:
+        if self.cfg.sliding_window is None:
+            return mask
+        k_slots = torch.arange(L, device=self.device)
+        return mask & ((q_slots[:, None] - k_slots[None, :]) < self.cfg.sliding_window)
+
+    def prefill_batch(self, prompts: Prompts, total_len: int) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+        """Batch for the prefill step plus the per-slot validity and position tables [B, total_len]."""
+        B, P = prompts.tokens.shape
+        key_valid = torch.ones((B, total_len), dtype=torch.bool, device=self.device)
+        key_valid[:, :P] = prompts.valid
+        pos = (prompts.valid.long().cumsum(1) - 1).clamp(min=0)  # [B, P]
+        steps = torch.arange(1, total_len - P + 1, device=self.device)
+        pos_table = torch.cat([pos, pos[:, -1:] + steps[None, :]], dim=1)  # [B, total_len]
+        slots = torch.arange(P, device=self.device)
+        causal = slots[:, None] >= slots[None, :]
+        mask = self._window(causal, slots, P)[None] & key_valid[:, None, :P]
+        mask = mask | torch.eye(P, dtype=torch.bool, device=self.device)[None]  # padding rows see themselves
+        batch = Batch(positions=pos, mask=mask[:, None], key_pos=pos_table[:, :P], slots=slots, kv_len=P)
+        return batch, key_valid, pos_table
+
+    def decode_batch(self, slot: int, key_valid: torch.Tensor, pos_table: torch.Tensor) -> Batch:
+        L = slot + 1
+        slots = torch.tensor([slot], device=self.device)
+        mask = self._window(key_valid[:, None, :L], slots, L)  # [B, 1, L]
+        return Batch(positions=pos_table[:, slot:slot + 1], mask=mask[:, None], key_pos=pos_table[:, :L],
+                     slots=slots, kv_len=L)
+
+    # ---------------------------------------------------------------------------------- generate
+    def generate(self, prompts: list[list[int]], gen: GenerationConfig, eos_ids=frozenset(),
+                 pad_id: int = 0, done: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+        """Yield the next token of every sequence, step by step: a LongTensor [B], -1 for rows that
+        have already finished. A row finishes on an EOS token (which is yielded) or when
+        max_new_tokens is reached; the caller may also finish rows by setting ``done[i] = True``
+        (a bool tensor [B] it passes in), e.g. when a stop string appears."""
+        max_new = self.check_lengths(prompts, gen.max_new_tokens)
+        batch_in = Prompts.pad(prompts, pad_id, self.device)
+        B, P = batch_in.tokens.shape
+        cache = self.new_cache(B, P + max_new)
+        batch, key_valid, pos_table = self.prefill_batch(batch_in, P + max_new)
+        generator = None
+        if gen.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(gen.seed)
+        eos = torch.tensor(sorted(eos_ids if not gen.ignore_eos else ()), dtype=torch.long, device=self.device)
+        seen = None
+        if gen.repetition_penalty != 1.0:
+            seen = torch.zeros((B, self.cfg.vocab_size), dtype=torch.bool, device=self.device)
+            for i, p in enumerate(prompts):
+                seen[i, torch.tensor(p, device=self.device)] = True
+        if done is None:
+            done = torch.zeros(B, dtype=torch.bool, device=self.device)
+        rows = torch.arange(B, device=self.device)
+
+        logits = self.forward(batch_in.tokens, batch, cache, last_only=True)[:, -1]
+        for step in range(max_new):
+            if seen is not None:
+                logits = apply_repetition_penalty(logits, seen, gen.repetition_penalty)
+            if step < gen.min_new_tokens and eos.numel():
+                logits[:, eos] = float("-inf")
+            token = select(logits, gen, generator)
+            token = torch.where(done, torch.full_like(token, -1), token)
+            yield token
+            if eos.numel():
+                done |= torch.isin(token, eos)
+            if seen is not None:
+                seen[rows, token.clamp(min=0)] = True
+            if step + 1 == max_new or bool(done.all()):
+                return
+            slot = P + step
+            feed = torch.where(done, torch.full_like(token, pad_id), token)[:, None]
+            logits = self.forward(feed, self.decode_batch(slot, key_valid, pos_table), cache, last_only=True)[:, -1]
+
+    def score(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Full-sequence logits [B, S, V] (fp32) for token ids [B, S], no cache."""
+        tokens = tokens.to(self.device)
+        B, S = tokens.shape
+        if S > self.cfg.max_seq_len:
+            raise LmforgeError(f"sequence of {S} tokens is longer than the context window "
+                               f"({self.cfg.max_seq_len}); score it in windows")
+        slots = torch.arange(S, device=self.device)
+        mask = self._window(slots[:, None] >= slots[None, :], slots, S)
+        positions = slots[None].expand(B, S)
+        batch = Batch(positions=positions, mask=mask[None, None].expand(B, 1, S, S), key_pos=positions,
+                      slots=None, kv_len=S)
+        return self.forward(tokens, batch, None, last_only=False)
