@@ -44,8 +44,9 @@ class LLM:
 
     def _pad_id(self) -> int:
         pad = self.config.pad_token_id
-        if pad is None or not 0 <= pad < self.config.vocab_size:
-            pad = next(iter(self._eos(GenerationConfig(), chat=False)), 0)
+        vocab = self.config.vocab_size
+        if pad is None or not 0 <= pad < vocab:
+            pad = next((e for e in self._eos(GenerationConfig(), chat=False) if 0 <= e < vocab), 0)
         return pad
 
     def _eos(self, gen: GenerationConfig, chat: bool) -> frozenset[int]:

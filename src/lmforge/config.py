@@ -53,6 +53,7 @@ class ModelConfig:
     lm_head_bias: bool = False
     tie_embeddings: bool = False
     attn_scale: float | None = None  # None: 1/sqrt(head_dim)
+    attn_scale_by_layer: bool = False  # divide the scale by layer index + 1 (GPT-2 scale_attn_by_inverse_layer_idx)
     clip_qkv: float | None = None
     embed_proj_dim: int | None = None  # embeddings live in a smaller space, projected in and out (OPT-350m)
 

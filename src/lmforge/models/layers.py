@@ -112,6 +112,8 @@ class Attention(nn.Module):
         self.layer = layer
         self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.scale = cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(cfg.head_dim)
+        if cfg.attn_scale_by_layer:
+            self.scale /= layer + 1
         self.clip = cfg.clip_qkv
         self.wqkv = nn.Linear(cfg.dim, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.q_size, cfg.dim, bias=cfg.o_bias)

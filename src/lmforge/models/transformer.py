@@ -54,7 +54,8 @@ class Transformer(nn.Module):
         self.cfg = cfg
         emb_dim = cfg.embed_proj_dim or cfg.dim
         self.embed = nn.Embedding(cfg.vocab_size, emb_dim)
-        self.pos_embed = nn.Embedding(cfg.max_seq_len + cfg.pos_offset, emb_dim) if cfg.pos == "learned" else None
+        # learned positions live in the model width, added after proj_in (OPT-350m)
+        self.pos_embed = nn.Embedding(cfg.max_seq_len + cfg.pos_offset, cfg.dim) if cfg.pos == "learned" else None
         self.proj_in = nn.Linear(emb_dim, cfg.dim, bias=False) if cfg.embed_proj_dim else None
         self.embed_norm = make_norm(cfg) if cfg.embed_norm else None
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
@@ -87,10 +88,10 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, batch: Batch, cache=None, last_only: bool = False) -> torch.Tensor:
         # tokens: [B, S] -> logits [B, S, V] (fp32), or [B, 1, V] with last_only
         x = self.embed(tokens)
-        if self.pos_embed is not None:
-            x = x + self.pos_embed(batch.positions.clamp(min=0) + self.cfg.pos_offset)
         if self.proj_in is not None:
             x = self.proj_in(x)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(batch.positions.clamp(min=0) + self.cfg.pos_offset)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         rope = rope_cos_sin(self.inv_freq, batch.positions, self.cfg.rope_interleaved) if self.inv_freq is not None else None
