@@ -40,6 +40,7 @@ class ModelConfig:
     alibi: str = "bloom"       # slope recipe when pos == "alibi": "bloom" | "mpt"
     alibi_max_bias: float = 8.0
     alibi_scaled: bool = False # the bias is multiplied by the softmax scale too (Falcon-RW)
+    alibi_bf16: bool = False   # slope * position is computed in bfloat16, as Falcon-RW was trained
     sliding_window: int | None = None
 
     # blocks
@@ -55,6 +56,7 @@ class ModelConfig:
     attn_scale: float | None = None  # None: 1/sqrt(head_dim)
     attn_scale_by_layer: bool = False  # divide the scale by layer index + 1 (GPT-2 scale_attn_by_inverse_layer_idx)
     clip_qkv: float | None = None
+    qk_norm: bool = False      # a norm over each head of q and k, before rope (Phi qk_layernorm)
     embed_proj_dim: int | None = None  # embeddings live in a smaller space, projected in and out (OPT-350m)
 
     # tokens

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 from ..config import ModelConfig
+from .layers import rope_inv_freq
 
 FUSED_PARTS = {"wqkv": ("q", "k", "v"), "w_in": ("gate", "up")}
 
@@ -85,6 +86,25 @@ def hf_rope(c: dict[str, Any], default_theta: float = 10000.0) -> tuple[float, d
     if scaling is not None and scaling.get("rope_type", scaling.get("type", "default")) == "default":
         scaling = None
     return float(theta), scaling
+
+
+def hf_rotary_dim(c: dict[str, Any], head_dim: int, default_factor: float, legacy_key: str) -> int:
+    """Channels per head that rotate: head_dim * partial_rotary_factor, read from v5 ``rope_parameters``,
+    then the top-level ``legacy_key`` older configs use (``rotary_pct``, ``partial_rotary_factor``)."""
+    params = c.get("rope_parameters") or {}
+    factor = params.get("partial_rotary_factor", c.get(legacy_key, default_factor))
+    rotary_dim = int(head_dim * factor)
+    if rotary_dim % 2 or rotary_dim == 0:
+        raise NotImplementedError(f"partial rotary factor {factor} gives {rotary_dim} rotary channels per head "
+                                  "(need an even number above 0)")
+    return rotary_dim
+
+
+def check_rope(cfg: ModelConfig) -> ModelConfig:
+    """Compute the rope frequencies once, so an unsupported rope scaling is reported while reading the config
+    (as NotImplementedError) rather than when the model is built."""
+    rope_inv_freq(cfg)
+    return cfg
 
 
 def hf_tokens(c: dict[str, Any]) -> dict[str, Any]:

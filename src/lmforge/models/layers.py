@@ -117,6 +117,8 @@ class Attention(nn.Module):
         self.clip = cfg.clip_qkv
         self.wqkv = nn.Linear(cfg.dim, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.q_size, cfg.dim, bias=cfg.o_bias)
+        self.q_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
+        self.k_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
 
     def forward(self, x, rope, interleaved, bias_or_mask, cache, slots, kv_len):
         # x: [B, S, D]
@@ -128,6 +130,8 @@ class Attention(nn.Module):
         q = q.view(B, S, self.n_heads, self.hd).transpose(1, 2)   # [B, H, S, hd]
         k = k.view(B, S, self.n_kv, self.hd).transpose(1, 2)      # [B, KV, S, hd]
         v = v.view(B, S, self.n_kv, self.hd).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             cos, sin = rope
             q = apply_rope(q, cos, sin, interleaved)

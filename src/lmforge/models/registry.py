@@ -19,6 +19,7 @@ ARCHITECTURES: dict[str, str] = {
     "CodeGenForCausalLM": "codegen",
     "BloomForCausalLM": "bloom",
     "MptForCausalLM": "mpt",
+    "MPTForCausalLM": "mpt",  # MosaicML's own configs spell it this way
     "PhiForCausalLM": "phi",
 }
 

@@ -81,8 +81,14 @@ class Transformer(nn.Module):
         """The attention mask, or for ALiBi the additive bias with -inf at masked slots."""
         if self.alibi is None:
             return batch.mask
-        scale = self.layers[0].attn.scale if self.cfg.alibi_scaled else 1.0
-        bias = (self.alibi * scale)[None, :, None, None] * batch.key_pos[:, None, None, :].float()  # [B,H,1,L]
+        slopes = self.alibi[None, :, None, None]      # [1, H, 1, 1]
+        key_pos = batch.key_pos[:, None, None, :]     # [B, 1, 1, L]
+        if self.cfg.alibi_bf16:  # positions and products rounded to bfloat16, as in Falcon-RW
+            bias = (slopes.bfloat16() * key_pos).float()
+        else:
+            bias = slopes * key_pos.float()             # [B, H, 1, L]
+        if self.cfg.alibi_scaled:
+            bias = bias * self.layers[0].attn.scale
         return bias.masked_fill(~batch.mask, float("-inf")).to(dtype)
 
     def forward(self, tokens: torch.Tensor, batch: Batch, cache=None, last_only: bool = False) -> torch.Tensor:
