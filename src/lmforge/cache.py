@@ -1,6 +1,8 @@
 """KV caches. A static, preallocated cache: one [B, KV, L, hd] buffer per layer for keys and values."""
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from .config import ModelConfig
@@ -12,6 +14,7 @@ class StaticKVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.max_len = max_len
+        self._spare: tuple[torch.Tensor, torch.Tensor] | None = None  # reorder's double buffer
 
     def update(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: int):
         """Write k, v [B, KV, S, hd] at `slots` [S]; return the first kv_len slots of the cache."""
@@ -20,7 +23,20 @@ class StaticKVCache:
         cv.index_copy_(2, slots, v)
         return ck[:, :, :kv_len], cv[:, :, :kv_len]
 
-    def reorder(self, index: torch.Tensor):
-        """Select batch rows (beam search)."""
-        self.k = self.k.index_select(1, index)
-        self.v = self.v.index_select(1, index)
+    def first_rows(self, n: int) -> "StaticKVCache":
+        """A cache over the first n rows that shares this one's storage (prefill one prompt, then
+        `reorder` it out to every beam)."""
+        view = copy.copy(self)
+        view.k, view.v = self.k[:, :n], self.v[:, :n]
+        return view
+
+    def reorder(self, index: torch.Tensor, length: int):
+        """Row i becomes old row index[i] (index: [B], beam search), over the first `length` slots:
+        gathered into a spare buffer allocated once, which then swaps places with the live one."""
+        if self._spare is None:
+            self._spare = (torch.empty_like(self.k), torch.empty_like(self.v))
+        spare_k, spare_v = self._spare
+        torch.index_select(self.k[:, :, :, :length], 1, index, out=spare_k[:, :, :, :length])
+        torch.index_select(self.v[:, :, :, :length], 1, index, out=spare_v[:, :, :, :length])
+        self._spare = (self.k, self.v)
+        self.k, self.v = spare_k, spare_v

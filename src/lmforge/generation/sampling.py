@@ -37,6 +37,8 @@ class GenerationConfig:
             raise LmforgeError(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
         if self.num_beams < 1:
             raise LmforgeError(f"num_beams must be at least 1 (got {self.num_beams})")
+        if self.early_stopping not in (True, False, "never"):
+            raise LmforgeError(f"early_stopping must be True, False or 'never' (got {self.early_stopping!r})")
         if self.num_beams > 1 and self.do_sample:
             raise LmforgeError("beam search is deterministic: use num_beams > 1 with temperature 0 "
                                "(no top_k/top_p sampling)")
