@@ -1,0 +1,304 @@
+"""GGUF files: tiny transformers models written with gguf.GGUFWriter (q/k permuted as llama.cpp's
+converter does, weights quantized or raw-packed), the default SmolLM2 GGUF against transformers' own
+GGUF loader, and bad files."""
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import transformers as T
+from gguf import GGMLQuantizationType as Q
+from gguf import GGUFWriter, quants
+
+from conftest import SHARED, need
+from lmforge import LLM
+from lmforge.errors import LmforgeError
+from lmforge.generation.sampling import GenerationConfig
+from lmforge.io.gguf import GGUFSource, dequantize, open_reader, rope_rows
+
+ATOL = 1e-4
+DIMS = dict(vocab_size=256, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+# K-quants: byte offset -> value of the fp16 scales in each random block (d, and dmin chosen so that
+# the weights have zero mean: a common offset would hide a wrong q/k row order)
+K_QUANTS = {Q.Q4_K: {0: 1e-3, 2: 7.5e-3}, Q.Q5_K: {0: 1e-3, 2: 1.55e-2}, Q.Q6_K: {208: 2e-4}}
+
+
+# ------------------------------------------------------------------------------ writing GGUFs
+
+def llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """What llama.cpp's convert_hf_to_gguf does to q/k rows (halves -> interleaved pairs)."""
+    return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def pack(w: np.ndarray, qtype: Q, rng: np.random.Generator) -> np.ndarray:
+    """Bytes of ``w`` in ``qtype``; K-quants (no quantizer in gguf-py) get random blocks of w's size."""
+    if qtype in K_QUANTS:
+        block_elems, block_bytes = quants.GGML_QUANT_SIZES[qtype]
+        blocks = rng.integers(0, 256, (w.shape[0], w.shape[1] // block_elems, block_bytes), dtype=np.uint8)
+        for offset, value in K_QUANTS[qtype].items():
+            blocks[:, :, offset:offset + 2] = np.frombuffer(np.float16(value).tobytes(), np.uint8)
+        return blocks.reshape(w.shape[0], -1)
+    return quants.quantize(w, qtype)
+
+
+def gguf_name(hf_name: str) -> str:
+    parts = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    if hf_name in parts:
+        return parts[hf_name]
+    layer, rest = hf_name.split(".")[2], ".".join(hf_name.split(".")[3:])
+    names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    module, kind = rest.rsplit(".", 1)
+    return f"blk.{layer}.{names[module]}.{kind}"
+
+
+def write_gguf(hf, path, arch="llama", qtype=Q.F32, rope_freqs=None, seed=0):
+    """A GGUF of ``hf`` as llama.cpp writes it; 2-D weights in ``qtype``, norms and biases in F32."""
+    c = hf.config
+    rng = np.random.default_rng(seed)
+    w = GGUFWriter(str(path), arch)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
+    w.add_vocab_size(c.vocab_size)
+    if rope_freqs is not None:
+        w.add_tensor("rope_freqs.weight", rope_freqs)
+    for name, t in hf.state_dict().items():
+        if name == "lm_head.weight" and c.tie_word_embeddings:
+            continue
+        a = t.float().numpy()
+        if arch == "llama" and "q_proj" in name:
+            a = llama_cpp_permute(a, c.num_attention_heads)
+        if arch == "llama" and "k_proj" in name:
+            a = llama_cpp_permute(a, c.num_key_value_heads)
+        if a.ndim == 2 and qtype != Q.F32:
+            w.add_tensor(gguf_name(name), pack(a, qtype, rng), raw_dtype=qtype)
+        else:
+            w.add_tensor(gguf_name(name), np.ascontiguousarray(a))
+    return finish(w, path)
+
+
+def finish(writer: GGUFWriter, path):
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def hf_from_gguf(path):
+    """transformers' reading of a GGUF (what ``from_pretrained(folder, gguf_file=name)`` does, without
+    needing accelerate): its config, its dequantization and its q/k un-permutation."""
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    config = T.AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    model = T.AutoModelForCausalLM.from_config(config)
+    state = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
+    model.load_state_dict(state, strict=not config.tie_word_embeddings)
+    model.tie_weights()
+    return model.eval()
+
+
+def llama3_rope_freqs(c) -> np.ndarray:
+    """llama.cpp's rope_freqs.weight: the per-frequency divisor of llama3 rope scaling."""
+    rope = c.rope_parameters
+    hd = c.hidden_size // c.num_attention_heads
+    freqs = 1.0 / rope["rope_theta"] ** (np.arange(0, hd, 2) / hd)
+    wavelen = 2 * math.pi / freqs
+    low, high = rope["original_max_position_embeddings"] / rope["low_freq_factor"], \
+        rope["original_max_position_embeddings"] / rope["high_freq_factor"]
+    smooth = (rope["original_max_position_embeddings"] / wavelen - rope["low_freq_factor"]) / \
+        (rope["high_freq_factor"] - rope["low_freq_factor"])
+    divisor = np.where(wavelen < high, 1.0, np.where(wavelen > low, rope["factor"],
+                                                     1.0 / ((1 - smooth) / rope["factor"] + smooth)))
+    return divisor.astype(np.float32)
+
+
+def ids(n, vocab, seed):
+    return torch.randint(3, vocab, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def assert_logits_match(llm, hf, atol=ATOL):
+    x = ids(16, hf.config.vocab_size, 1)
+    with torch.no_grad():
+        ref = hf(x).logits
+    err = (llm.score(x) - ref).abs().max().item()
+    assert err <= atol, f"max abs logit difference {err:.2e}"
+
+
+# ------------------------------------------------------------------------ tiny-model parity
+
+def tiny(kind: str):
+    torch.manual_seed(0)
+    if kind == "llama":
+        return T.LlamaForCausalLM(T.LlamaConfig(**DIMS)).eval()
+    if kind == "llama_tied":
+        return T.LlamaForCausalLM(T.LlamaConfig(**DIMS, tie_word_embeddings=True)).eval()
+    if kind == "llama3_rope":
+        rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+        return T.LlamaForCausalLM(T.LlamaConfig(**DIMS, rope_parameters=rope)).eval()
+    if kind == "qwen2":
+        return T.Qwen2ForCausalLM(T.Qwen2Config(**DIMS, tie_word_embeddings=True)).eval()
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["llama", "llama_tied", "qwen2"])
+def test_fp32_gguf_matches_transformers_model(kind, tmp_path):
+    hf = tiny(kind)
+    path = write_gguf(hf, tmp_path / f"{kind}.gguf", arch="qwen2" if kind == "qwen2" else "llama")
+    llm = LLM(str(path))
+    assert llm.config.tie_embeddings == hf.config.tie_word_embeddings
+    assert llm.config.qkv_bias == (kind == "qwen2")
+    assert_logits_match(llm, hf)
+
+
+def test_llama3_rope_freqs_become_llama3_scaling(tmp_path):
+    hf = tiny("llama3_rope")
+    path = write_gguf(hf, tmp_path / "l3.gguf", rope_freqs=llama3_rope_freqs(hf.config))
+    llm = LLM(str(path))
+    assert llm.config.rope_scaling["rope_type"] == "llama3"
+    assert_logits_match(llm, hf)
+
+
+@pytest.mark.parametrize("qtype", [Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_K, Q.Q6_K],
+                         ids=lambda q: q.name)
+def test_quantized_gguf_matches_transformers_reading(qtype, tmp_path):
+    path = write_gguf(tiny("llama"), tmp_path / f"{qtype.name}.gguf", qtype=qtype)
+    hf = hf_from_gguf(path)
+    llm = LLM(str(path))
+    described = llm.source.describe()["quantization"]
+    assert (qtype.name in described) if qtype.name.startswith("Q") else described is None
+    assert_logits_match(llm, hf)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_K, Q.Q6_K], ids=lambda q: q.name)
+def test_dequantization_matches_transformers_kernels(qtype, tmp_path):
+    """Our dequantization (gguf-py, numpy) against transformers' own torch implementation."""
+    from transformers.integrations.gguf.dequant import dequantize as hf_dequantize
+
+    w = np.random.default_rng(1).standard_normal((8, 512)).astype(np.float32)
+    packed = pack(w, qtype, np.random.default_rng(2))
+    path = tmp_path / "one.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_tensor("t", packed, raw_dtype=qtype)
+    finish(writer, path)
+    ours = dequantize(open_reader(path).tensors[0], path)
+    ref = hf_dequantize(torch.from_numpy(packed.copy()).reshape(-1), int(qtype)).reshape(8, 512)
+    assert ours.shape == (8, 512)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_rope_rows_undo_llama_cpp_permutation():
+    w = np.arange(2 * 8 * 3, dtype=np.float32).reshape(16, 3)  # 2 heads of dim 8, 3 input features
+    permuted = torch.from_numpy(llama_cpp_permute(w, 2))
+    assert torch.equal(permuted[rope_rows(2, 8)], torch.from_numpy(w))
+    # rows move whole, so packed rows (bytes) follow the same order
+    packed = torch.from_numpy(quants.quantize(np.repeat(w, 32, axis=1), Q.Q8_0))
+    assert packed[rope_rows(2, 8)].shape == packed.shape
+
+
+# --------------------------------------------------------------------- the default SmolLM2 GGUF
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_path):
+    return LLM(), hf_from_gguf(smollm2_path)
+
+
+def test_default_model_answers_and_stops_at_end_of_turn(smollm2):
+    llm, _ = smollm2
+    assert llm.source.format == "gguf" and llm.source.path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = llm.generate_ids([llm.tokenizer.encode_chat(msgs)], GenerationConfig(max_new_tokens=32), chat=True)[0]
+    assert ids[-1] == llm.tokenizer.token_to_id("<|im_end|>") and len(ids) < 32
+    assert llm.chat(msgs, max_new_tokens=32) == "The capital of France is Paris."
+
+
+def test_default_model_perplexity_matches_transformers(smollm2):
+    llm, hf = smollm2
+    text = need(SHARED / "data/wikitext-2-raw/wikitext-2-raw-v1.test.joined.txt").read_text(encoding="utf-8")
+    x = torch.tensor([llm.tokenizer.encode(text[:40000])[:4096]])  # one tokenization, fed to both
+    assert x.shape[1] == 4096
+
+    def perplexity(logits):  # logits: [1, S, V]
+        return math.exp(torch.nn.functional.cross_entropy(logits[0, :-1].float(), x[0, 1:]).item())
+
+    ours = perplexity(llm.score(x))
+    with torch.no_grad():
+        theirs = perplexity(hf(x).logits)
+    print(f"SmolLM2 Q4_1 wikitext-2 perplexity, first 4096 tokens: lmforge {ours:.4f}, transformers {theirs:.4f}")
+    assert abs(ours / theirs - 1) < 0.005
+
+
+@pytest.mark.parametrize("prompt", ["What is the capital of France?", "Name three colors.",
+                                    "Write a haiku about the sea."])
+def test_default_model_greedy_chat_matches_transformers(smollm2, prompt):
+    llm, hf = smollm2
+    tok = llm.tokenizer
+    prompt_ids = tok.encode_chat([{"role": "user", "content": prompt}])
+    ours = llm.generate_ids([prompt_ids], GenerationConfig(max_new_tokens=24), chat=True)[0]
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                          do_sample=False, max_new_tokens=24, eos_token_id=sorted(tok.stop_ids),
+                          pad_token_id=tok.token_to_id("<|endoftext|>"))[0, len(prompt_ids):].tolist()
+    assert ours == ref
+
+
+def test_info_describes_quantization(smollm2_path):
+    from lmforge.inspect import describe
+
+    info = describe(smollm2_path)
+    assert info["format"] == "GGUF v3" and info["weights dtype"] == "Q4_1"
+    assert "Q4_1 x210" in info["quantization"] and "Q8_0 x1" in info["quantization"]
+
+
+# ------------------------------------------------------------------------------- bad files
+
+def test_truncated_gguf(tmp_path):
+    good = write_gguf(tiny("llama"), tmp_path / "good.gguf")
+    data = good.read_bytes()
+    for cut in (100, len(data) // 2, len(data) - 8):
+        bad = tmp_path / f"cut{cut}.gguf"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(LmforgeError, match="truncated or corrupt"):
+            LLM(str(bad))
+
+
+def test_not_a_gguf_file(tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_text("this is not a model\n" * 20)
+    with pytest.raises(LmforgeError, match="not a readable GGUF file"):
+        GGUFSource(bad)
+
+
+def test_unsupported_gguf_architecture_lists_supported():
+    vocab_only = need(SHARED / "gguf-vocab/ggml-vocab-falcon.gguf")
+    with pytest.raises(LmforgeError, match=r"unsupported GGUF architecture 'falcon'; supported: llama, qwen2"):
+        GGUFSource(vocab_only)
+
+
+def test_vocabulary_only_gguf_is_refused(tmp_path):
+    vocab_only = need(SHARED / "gguf-vocab/ggml-vocab-llama-spm.gguf")
+    shutil.copy(vocab_only, tmp_path / "v.gguf")
+    with pytest.raises(LmforgeError, match="no token_embd.weight"):
+        GGUFSource(tmp_path / "v.gguf")
+
+
+def test_cli_reports_bad_gguf_in_one_line(tmp_path, capsys):
+    from lmforge.cli import main
+
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 10)
+    code = main(["info", str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err and "\n" not in err and "GGUF" in err, err
