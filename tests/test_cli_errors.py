@@ -84,3 +84,14 @@ def test_cuda_without_gpu(capsys, stories):
         pytest.skip("a GPU is present")
     code, err = run_cli(capsys, "generate", "--model", str(stories), "hi", "--device", "cuda")
     assert_one_line_error(code, err, "no CUDA GPU")
+
+
+def test_unsupported_rope_scaling(capsys, tmp_path, stories):
+    import json
+    folder = tmp_path / "model"
+    shutil.copytree(stories, folder, ignore=shutil.ignore_patterns("llama2c"))
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    code, err = run_cli(capsys, "generate", "--model", str(folder), "hi")
+    assert_one_line_error(code, err, "yarn", "not supported")

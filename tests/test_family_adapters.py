@@ -27,9 +27,7 @@ def test_phi2_legacy_top_level_rope_keys():
 
 
 @pytest.mark.parametrize("family, config, needle", [
-    (gpt_neox, {**NEOX, "rope_scaling": {"type": "dynamic", "factor": 2.0}}, "dynamic"),
     (gpt_neox, {**NEOX, "rotary_pct": 0.1}, "rotary channels"),
-    (phi, {**PHI, "rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}}, "yarn"),
     (phi, {"architectures": ["PhiForCausalLM"], "n_embd": 64, "n_head": 4}, "phi-msft"),
     (codegen, CODEGEN, "multiple of 4 heads"),
 ])

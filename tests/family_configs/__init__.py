@@ -1,7 +1,8 @@
 """Tiny random configs, one module per family adapter: each defines CASES = {case_id: factory}.
 
-A factory returns an untrained transformers model (fp32, eval mode) built from a tiny config; the
-parity tests save it with save_pretrained and load the folder with lmforge."""
+A factory returns an untrained transformers model (fp32, eval mode) built from a tiny config; all_cases()
+adds noise to its parameters (see perturbed); the parity tests save it with save_pretrained and load the
+folder with lmforge."""
 import importlib
 import pkgutil
 
@@ -11,7 +12,8 @@ import torch
 def all_cases():
     cases = {}
     for mod in pkgutil.iter_modules(__path__):
-        cases.update(importlib.import_module(f"{__name__}.{mod.name}").CASES)
+        for name, factory in importlib.import_module(f"{__name__}.{mod.name}").CASES.items():
+            cases[name] = lambda factory=factory: perturbed(factory())
     return dict(sorted(cases.items()))
 
 

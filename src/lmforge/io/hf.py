@@ -9,6 +9,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import LmforgeError
+from ..models.layers import rope_inv_freq
 from ..models.registry import family_for
 
 
@@ -81,6 +82,8 @@ class HFSource:
         self.family = family_for(archs[0])
         try:
             config = self.family.config_from_hf(self.hf_config)
+            if config.pos == "rope":
+                rope_inv_freq(config)  # an unsupported rope scaling is reported now, not at build time
         except KeyError as e:
             raise LmforgeError(f"{cfg_path}: missing key {e} for {archs[0]}") from None
         except NotImplementedError as e:

@@ -20,7 +20,6 @@ from typing import Any, Callable
 import torch
 
 from ..config import ModelConfig
-from .layers import rope_inv_freq
 
 FUSED_PARTS = {"wqkv": ("q", "k", "v"), "w_in": ("gate", "up")}
 
@@ -98,13 +97,6 @@ def hf_rotary_dim(c: dict[str, Any], head_dim: int, default_factor: float, legac
         raise NotImplementedError(f"partial rotary factor {factor} gives {rotary_dim} rotary channels per head "
                                   "(need an even number above 0)")
     return rotary_dim
-
-
-def check_rope(cfg: ModelConfig) -> ModelConfig:
-    """Compute the rope frequencies once, so an unsupported rope scaling is reported while reading the config
-    (as NotImplementedError) rather than when the model is built."""
-    rope_inv_freq(cfg)
-    return cfg
 
 
 def hf_tokens(c: dict[str, Any]) -> dict[str, Any]:

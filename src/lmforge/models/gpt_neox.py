@@ -4,7 +4,7 @@ an untied output head (``embed_out``)."""
 from __future__ import annotations
 
 from ..config import ModelConfig
-from .base import Family, Rule, check_rope, hf_activation, hf_rope, hf_rotary_dim, hf_tokens, split_heads_qkv
+from .base import Family, Rule, hf_activation, hf_rope, hf_rotary_dim, hf_tokens, split_heads_qkv
 
 
 def config_from_hf(c: dict) -> ModelConfig:
@@ -13,7 +13,7 @@ def config_from_hf(c: dict) -> ModelConfig:
     # older configs (Pythia) say rotary_emb_base / rotary_pct instead of v5 rope_parameters
     theta, scaling = hf_rope(c, default_theta=c.get("rotary_emb_base", 10000.0))
     attn_bias = c.get("attention_bias", True)
-    return check_rope(ModelConfig(
+    return ModelConfig(
         architecture=c["architectures"][0],
         vocab_size=c["vocab_size"],
         dim=dim,
@@ -35,7 +35,7 @@ def config_from_hf(c: dict) -> ModelConfig:
         mlp_bias=True,
         tie_embeddings=c.get("tie_word_embeddings", False),
         **hf_tokens(c),
-    ))
+    )
 
 
 L = r"gpt_neox\.layers\.(\d+)\."

@@ -3,7 +3,7 @@ everywhere including the output head, optional per-head LayerNorm on q and k (qk
 from __future__ import annotations
 
 from ..config import ModelConfig
-from .base import Family, Rule, check_rope, hf_activation, hf_rope, hf_rotary_dim, hf_tokens
+from .base import Family, Rule, hf_activation, hf_rope, hf_rotary_dim, hf_tokens
 
 
 def config_from_hf(c: dict) -> ModelConfig:
@@ -13,7 +13,7 @@ def config_from_hf(c: dict) -> ModelConfig:
     dim, n_heads = c["hidden_size"], c["num_attention_heads"]
     head_dim = c.get("head_dim") or dim // n_heads
     theta, scaling = hf_rope(c)
-    return check_rope(ModelConfig(
+    return ModelConfig(
         architecture=c["architectures"][0],
         vocab_size=c["vocab_size"],
         dim=dim,
@@ -39,7 +39,7 @@ def config_from_hf(c: dict) -> ModelConfig:
         qk_norm=c.get("qk_layernorm", False),
         tie_embeddings=c.get("tie_word_embeddings", False),
         **hf_tokens(c),
-    ))
+    )
 
 
 L = r"model\.layers\.(\d+)\."
