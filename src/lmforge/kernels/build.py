@@ -1,0 +1,80 @@
+"""Build (once, cached) and load the native kernels; report why not when they cannot be had.
+
+The C++ sources are compiled with ``torch.utils.cpp_extension.load`` into a per-user cache directory
+keyed by a hash of the sources, the torch version and the CPU's feature flags (the code is built with
+``-march=native``), so a second process only loads the shared library. Loading registers the ops
+``lmforge::int4_linear`` and ``lmforge::int8_linear`` with the dispatcher.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = ("quant_linear.cpp",)
+CFLAGS = ("-O3", "-march=native", "-mavx2", "-mfma", "-mf16c",
+          "-fopenmp")  # at::parallel_for is inline OpenMP code: without it, the ops run on one thread
+REQUIRED_ISA = ("avx2", "fma", "f16c")
+DISABLE_ENV = "LMFORGE_NO_NATIVE"
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags Linux reports in /proc/cpuinfo; empty where unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lmforge" / "kernels"
+
+
+def build_key(flags: frozenset[str]) -> str:
+    """Hash of everything the built library depends on."""
+    h = hashlib.sha256()
+    for name in SOURCES:
+        h.update((CSRC / name).read_bytes())
+    h.update(torch.__version__.encode())
+    h.update(" ".join((*CFLAGS, *sorted(flags))).encode())
+    return h.hexdigest()[:16]
+
+
+def unavailable_reason() -> str | None:
+    """Why the native kernels cannot be built here, or None when they can be tried."""
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        return f"{DISABLE_ENV} is set"
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return f"the kernels are for x86-64 CPUs, not {platform.machine()}"
+    missing = [f for f in REQUIRED_ISA if f not in cpu_flags()]
+    if missing:
+        return f"the CPU lacks {', '.join(missing)}"
+    return None
+
+
+def load_native() -> str | None:
+    """Build or load the library; None on success, else the reason it failed (one line)."""
+    reason = unavailable_reason()
+    if reason is not None:
+        return reason
+    from torch.utils.cpp_extension import load
+
+    key = build_key(cpu_flags())
+    build_dir = cache_root() / key
+    build_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        load(name=f"lmforge_kernels_{key}", sources=[str(CSRC / s) for s in SOURCES],
+             extra_cflags=list(CFLAGS), extra_ldflags=["-fopenmp"], build_directory=str(build_dir), is_python_module=False,
+             verbose=False)
+    except Exception as e:  # no compiler, no ninja, a compile error: all mean "use the fallback"
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        return f"the build failed ({first[:200]}); see {build_dir}"
+    return None
