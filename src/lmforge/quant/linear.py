@@ -1,0 +1,250 @@
+"""QuantLinear modules: drop-in replacements for nn.Linear holding quantized weights.
+
+Each module stores its format's tensors (see ``formats``) as buffers plus, when present:
+
+- ``bias`` [N] in the model dtype;
+- ``input_scale`` [K]: a per-input-channel multiplier applied to x first (an AWQ / SmoothQuant
+  smoothing factor that could not be folded into the preceding op);
+- ``perm`` [K] int64: x is read in this column order (GPTQ act-order with groups: the stored
+  columns are sorted so that every group is contiguous).
+
+``dequantize()`` returns the weight [N, K] in fp32 acting on the prepared input; ``reference(x)``
+is the plain dequantize-then-matmul definition; ``forward`` calls the format's kernel, which equals
+the reference up to the rounding of the activation dtype. ``cat`` joins modules along output rows
+(q, k, v -> wqkv).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import LmforgeError
+from . import formats
+
+
+class QuantLinear(nn.Module):
+    format: str = ""
+    weight_names: tuple[str, ...] = ()
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False,
+                 input_scale: bool = False, perm: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.register_buffer("input_scale", torch.ones(in_features) if input_scale else None)
+        self.register_buffer("perm", torch.arange(in_features) if perm else None)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, format={self.format}, bias={self.bias is not None}"
+
+    # ---------------------------------------------------------------------------------- compute
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [..., K]
+        if self.input_scale is not None:
+            x = x * self.input_scale.to(x.dtype)
+        if self.perm is not None:
+            x = x[..., self.perm]
+        return x
+
+    def dequantize(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The definition: dequantized weight times the prepared input."""
+        return F.linear(self.prepare_input(x), self.dequantize().to(x.dtype),
+                        None if self.bias is None else self.bias.to(x.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.matmul(self.prepare_input(x))
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    # ----------------------------------------------------------------------------- construction
+    def _set(self, weights: dict[str, torch.Tensor], bias: torch.Tensor | None):
+        for name in self.weight_names:
+            setattr(self, name, weights[name])
+        if bias is not None:
+            self.bias = bias.detach().clone()
+        return self
+
+    @classmethod
+    def cat(cls, parts: list["QuantLinear"]) -> "QuantLinear":
+        """One module whose output rows are those of `parts` in order (all of one format, one input)."""
+        first = parts[0]
+        if any(type(p) is not cls or p.in_features != first.in_features for p in parts):
+            raise ValueError("only modules of one format with the same input size can be fused")
+        for name in ("input_scale", "perm"):
+            values = [getattr(p, name) for p in parts]
+            if any((v is None) != (values[0] is None) or (v is not None and not torch.equal(v, values[0]))
+                   for v in values):
+                raise ValueError(f"the parts differ in {name}; they cannot share one input")
+        out = cls.empty_like(first, sum(p.out_features for p in parts), bias=first.bias is not None)
+        for name in cls.weight_names:
+            setattr(out, name, torch.cat([getattr(p, name) for p in parts], dim=0))
+        if first.bias is not None:
+            out.bias = torch.cat([p.bias for p in parts])
+        out.input_scale, out.perm = first.input_scale, first.perm
+        return out
+
+    @classmethod
+    def empty_like(cls, other: "QuantLinear", out_features: int, bias: bool) -> "QuantLinear":
+        return cls(other.in_features, out_features, bias=bias, input_scale=other.input_scale is not None,
+                   perm=other.perm is not None, **other.format_args())
+
+    def format_args(self) -> dict:
+        return {}
+
+
+class Int8Linear(QuantLinear):
+    format = "int8"
+    weight_names = ("qweight", "scales")
+
+    def __init__(self, in_features, out_features, bias=False, input_scale=False, perm=False):
+        super().__init__(in_features, out_features, bias, input_scale, perm)
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scales", torch.ones(out_features))
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "Int8Linear":
+        q, s = formats.quantize_int8(weight)
+        return cls(weight.shape[1], weight.shape[0], bias is not None)._set({"qweight": q, "scales": s}, bias)
+
+    def dequantize(self):
+        return formats.dequantize_int8(self.qweight, self.scales)
+
+    def matmul(self, x):
+        return formats.int8_matmul(x, self.qweight, self.scales)
+
+
+class Int4Linear(QuantLinear):
+    format = "int4"
+    weight_names = ("qweight", "scales", "zeros")
+
+    def __init__(self, in_features, out_features, bias=False, input_scale=False, perm=False, group_size=128):
+        super().__init__(in_features, out_features, bias, input_scale, perm)
+        self.group_size = in_features if group_size == -1 else group_size
+        groups = in_features // self.group_size
+        self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
+        self.register_buffer("scales", torch.ones(out_features, groups))
+        self.register_buffer("zeros", torch.full((out_features, groups), 8, dtype=torch.uint8))
+        self._kernel = None  # (weight, scales_and_zeros) for the CPU kernel, packed on first bf16 use
+
+    def format_args(self):
+        return {"group_size": self.group_size}
+
+    def extra_repr(self):
+        return super().extra_repr() + f", group_size={self.group_size}"
+
+    @classmethod
+    def from_float(cls, weight, bias=None, group_size=128, sym=True) -> "Int4Linear":
+        gs = weight.shape[1] if group_size == -1 else group_size
+        q, s, z = formats.quantize_int4(weight, gs, sym)
+        return cls(weight.shape[1], weight.shape[0], bias is not None, group_size=gs)._set(
+            {"qweight": q, "scales": s, "zeros": z}, bias)
+
+    def dequantize(self):
+        return formats.dequantize_int4(self.qweight, self.scales, self.zeros)
+
+    def matmul(self, x):
+        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and self._kernel is None:
+            self._kernel = formats.int4_kernel_pack(self.qweight, self.scales, self.zeros) or ()
+        return formats.int4_matmul(x, self.qweight, self.scales, self.zeros, self._kernel or None)
+
+    def _apply(self, fn, recurse=True):  # .to()/.cuda() invalidate the kernel's packed copy
+        self._kernel = None
+        return super()._apply(fn, recurse)
+
+
+class W8A8Linear(QuantLinear):
+    """int8 weights per output channel x int8 activations (per token, or one static scale)."""
+    format = "w8a8"
+    weight_names = ("qweight", "scales")
+
+    def __init__(self, in_features, out_features, bias=False, input_scale=False, perm=False, static=False):
+        super().__init__(in_features, out_features, bias, input_scale, perm)
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scales", torch.ones(out_features))
+        self.register_buffer("act_scale", torch.ones(()) if static else None)
+
+    def format_args(self):
+        return {"static": self.act_scale is not None}
+
+    @classmethod
+    def from_float(cls, weight, bias=None, act_scale: torch.Tensor | None = None) -> "W8A8Linear":
+        q, s = formats.quantize_int8(weight)
+        m = cls(weight.shape[1], weight.shape[0], bias is not None, static=act_scale is not None)
+        if act_scale is not None:
+            m.act_scale = act_scale.float().reshape(())
+        return m._set({"qweight": q, "scales": s}, bias)
+
+    def dequantize(self):
+        return formats.dequantize_int8(self.qweight, self.scales)
+
+    def reference(self, x):
+        xq = formats.fake_quantize_act(self.prepare_input(x), self.act_scale)
+        y = F.linear(xq, self.dequantize())
+        return (y if self.bias is None else y + self.bias.float()).to(x.dtype)
+
+    def matmul(self, x):
+        return formats.w8a8_matmul(x, self.qweight, self.scales, self.act_scale)
+
+
+class FP8Linear(QuantLinear):
+    format = "fp8"
+    weight_names = ("qweight", "scales")
+
+    def __init__(self, in_features, out_features, bias=False, input_scale=False, perm=False):
+        super().__init__(in_features, out_features, bias, input_scale, perm)
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.float8_e4m3fn))
+        self.register_buffer("scales", torch.ones(out_features))
+
+    @classmethod
+    def from_float(cls, weight, bias=None) -> "FP8Linear":
+        q, s = formats.quantize_fp8(weight)
+        return cls(weight.shape[1], weight.shape[0], bias is not None)._set({"qweight": q, "scales": s}, bias)
+
+    def dequantize(self):
+        return formats.dequantize_fp8(self.qweight, self.scales)
+
+    def matmul(self, x):
+        return formats.fp8_matmul(x, self.qweight, self.scales)
+
+
+FORMATS: dict[str, type[QuantLinear]] = {c.format: c for c in (Int8Linear, Int4Linear, W8A8Linear, FP8Linear)}
+
+
+# ------------------------------------------------------------------------------ model surgery
+
+def decoder_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every Linear inside the decoder layers, e.g. ``layers.0.attn.wqkv``.
+    Embeddings, lm_head and proj_in/proj_out are not decoder-layer Linears and stay unquantized."""
+    return [(f"layers.{name}", m) for name, m in model.layers.named_modules()
+            if isinstance(m, (nn.Linear, QuantLinear))]
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
+
+
+def empty_quantized(model: nn.Module, quantization: dict, names: set[str], where: str) -> None:
+    """Put empty QuantLinears (on the meta device) where a checkpoint with tensor `names` and this
+    quantization block has quantized decoder Linears, ready for load_state_dict(assign=True)."""
+    cls = FORMATS.get(quantization.get("format"))
+    if cls is None:
+        raise LmforgeError(f"{where}: unknown quantized format {quantization.get('format')!r} "
+                           f"(known: {', '.join(FORMATS)}); the folder was written by a newer lmforge")
+    for name, m in decoder_linears(model):
+        if f"{name}.qweight" not in names:
+            continue
+        has = {opt: f"{name}.{opt}" in names for opt in ("bias", "input_scale", "perm")}
+        kwargs = {}
+        if cls is Int4Linear:
+            kwargs["group_size"] = int(quantization.get("group_size", -1))
+        if cls is W8A8Linear:
+            kwargs["static"] = f"{name}.act_scale" in names
+        with torch.device("meta"):
+            set_module(model, name, cls(m.in_features, m.out_features, **has, **kwargs))
