@@ -75,19 +75,27 @@ def is_gguf(path: Path) -> bool:
 
 
 def open_source(source: str | Path | None):
-    """An HFSource or GGUFSource: config, tokenizer and a stream of named tensors."""
+    """A source (lmforge folder, HF folder, GGUF file): config, tokenizer and a stream of named tensors."""
     path = resolve(source)
+    from .io.native import LmforgeSource, is_native
+    if is_native(path):
+        return LmforgeSource(path)
     if path.is_dir():
         from .io.hf import HFSource
-        return HFSource(path)
+        src = HFSource(path)
+        if src.hf_config.get("quantization_config"):  # made by GPTQ / AWQ tools
+            from .quant.hf_import import ImportedQuantSource
+            return ImportedQuantSource(src)
+        return src
     if is_gguf(path):
         from .io.gguf import GGUFSource
         return GGUFSource(path)
     raise LmforgeError(f"{path}: not a model; give a Hugging Face folder (with config.json) or a .gguf file")
 
 
-def load(source: str | Path | None, dtype="float32", device="cpu"):
-    """(model, tokenizer, source) ready to run; tokenizer is the LmforgeError if it could not be loaded."""
+def load(source: str | Path | None, dtype="float32", device="cpu", quantize=None):
+    """(model, tokenizer, source) ready to run; tokenizer is the LmforgeError if it could not be loaded.
+    quantize: an on-the-fly RTN spec ("int8", "int4-g128", ... or a QuantSpec) applied after loading."""
     from .io.weights import build_model
 
     dtype, device = parse_dtype(dtype), parse_device(device)
@@ -96,5 +104,9 @@ def load(source: str | Path | None, dtype="float32", device="cpu"):
         tokenizer = src.tokenizer()
     except LmforgeError as e:  # kept, and raised when text is needed: token ids still work
         tokenizer = e
-    model = build_model(src.config, src.tensors(), src.match, dtype, device, str(src.path))
+    model = build_model(src.config, src.tensors(), src.match, dtype, device, str(src.path),
+                        prepare=getattr(src, "prepare", None))
+    if quantize is not None:
+        from .quant import quantize_on_load
+        quantize_on_load(model, quantize, src)
     return model, tokenizer, src

@@ -21,8 +21,9 @@ class Prompts:
     lengths: list[int]
 
     @classmethod
-    def pad(cls, prompts: list[list[int]], pad_id: int, device) -> "Prompts":
-        P = max(len(p) for p in prompts)
+    def pad(cls, prompts: list[list[int]], pad_id: int, device, multiple: int = 1) -> "Prompts":
+        """Left-pad to the longest prompt, rounded up to a multiple of `multiple` (length buckets)."""
+        P = -(-max(len(p) for p in prompts) // multiple) * multiple
         tokens = torch.full((len(prompts), P), pad_id, dtype=torch.long)
         valid = torch.zeros((len(prompts), P), dtype=torch.bool)
         for i, p in enumerate(prompts):
@@ -77,22 +78,30 @@ class Engine:
         batch = Batch(positions=pos, mask=mask[:, None], key_pos=pos_table[:, :P], slots=slots, kv_len=P)
         return batch, key_valid, pos_table
 
-    def decode_batch(self, slot: int, key_valid: torch.Tensor, pos_table: torch.Tensor) -> Batch:
-        L = slot + 1
-        slots = torch.tensor([slot], device=self.device)
-        mask = self._window(key_valid[:, None, :L], slots, L)  # [B, 1, L]
-        return Batch(positions=pos_table[:, slot:slot + 1], mask=mask[:, None], key_pos=pos_table[:, :L],
+    def chunk_batch(self, start: int, n: int, key_valid: torch.Tensor, pos_table: torch.Tensor) -> Batch:
+        """Batch for n new tokens written at cache slots start .. start + n - 1, each attending to the
+        valid slots up to its own (decode: n = 1; speculative verification: the draft tokens). Slots
+        past a query are masked, so stale entries there (rejected drafts) are never read."""
+        L = start + n
+        slots = torch.arange(start, L, device=self.device)
+        causal = slots[:, None] >= torch.arange(L, device=self.device)[None, :]  # [n, L]
+        mask = self._window(key_valid[:, None, :L] & causal[None], slots, L)  # [B, n, L]
+        return Batch(positions=pos_table[:, start:L], mask=mask[:, None], key_pos=pos_table[:, :L],
                      slots=slots, kv_len=L)
+
+    def decode_batch(self, slot: int, key_valid: torch.Tensor, pos_table: torch.Tensor) -> Batch:
+        return self.chunk_batch(slot, 1, key_valid, pos_table)
 
     # ---------------------------------------------------------------------------------- generate
     def generate(self, prompts: list[list[int]], gen: GenerationConfig, eos_ids=frozenset(),
-                 pad_id: int = 0, done: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+                 pad_id: int = 0, done: torch.Tensor | None = None, pad_multiple: int = 1) -> Iterator[torch.Tensor]:
         """Yield the next token of every sequence, step by step: a LongTensor [B], -1 for rows that
         have already finished. A row finishes on an EOS token (which is yielded) or when
         max_new_tokens is reached; the caller may also finish rows by setting ``done[i] = True``
-        (a bool tensor [B] it passes in), e.g. when a stop string appears."""
+        (a bool tensor [B] it passes in), e.g. when a stop string appears. Prompts are left-padded to
+        a multiple of pad_multiple tokens."""
         max_new = self.check_lengths(prompts, gen.max_new_tokens)
-        batch_in = Prompts.pad(prompts, pad_id, self.device)
+        batch_in = Prompts.pad(prompts, pad_id, self.device, pad_multiple)
         B, P = batch_in.tokens.shape
         cache = self.new_cache(B, P + max_new)
         batch, key_valid, pos_table = self.prefill_batch(batch_in, P + max_new)
@@ -114,7 +123,7 @@ class Engine:
             if seen is not None:
                 logits = apply_repetition_penalty(logits, seen, gen.repetition_penalty)
             if step < gen.min_new_tokens and eos.numel():
-                logits[:, eos] = float("-inf")
+                logits = logits.index_fill(1, eos, float("-inf"))  # out of place: an inference tensor
             token = select(logits, gen, generator)
             token = torch.where(done, torch.full_like(token, -1), token)
             yield token

@@ -53,9 +53,14 @@ def map_weights(tensors: Iterable[tuple[str, torch.Tensor]], match: Match, cfg: 
 
 
 def build_model(cfg: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]], match: Match,
-                dtype: torch.dtype, device: torch.device | str, source: str) -> Transformer:
+                dtype: torch.dtype, device: torch.device | str, source: str,
+                prepare: Callable[[Transformer], None] | None = None) -> Transformer:
+    """The model with the checkpoint's weights; `prepare` may first swap modules of the meta-device
+    model (quantized Linears), whose tensors keep their stored dtype unless they are fp32."""
     with torch.device("meta"):
         model = Transformer(cfg)
+    if prepare is not None:
+        prepare(model)
     expected = {k: v for k, v in model.state_dict().items()}
     if cfg.tie_embeddings:
         expected.pop("lm_head.weight", None)
@@ -69,7 +74,8 @@ def build_model(cfg: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]], m
         if tuple(tensor.shape) != tuple(want.shape):
             raise LmforgeError(f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, "
                                f"the config implies {tuple(want.shape)}")
-        state[name] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+        keep = not tensor.is_floating_point() or want.dtype != torch.float32  # int and fp8 quantized data
+        state[name] = tensor.to(device=device, dtype=want.dtype if keep else dtype)
     missing = sorted(set(expected) - set(state))
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
