@@ -138,8 +138,9 @@ def test_lambada_accuracy_and_perplexity_on_a_known_model():
 
 # ----------------------------------------------------------------------------------- comparison
 def test_parse_compare_tells_models_from_schemes(stories):
-    variants = parse_compare(f"none,{stories}", "base")
-    assert variants == [Variant("none", "base", None), Variant(str(stories), str(stories), None)]
+    variants = parse_compare(f"none,{stories},int4-g64-asym", "base")
+    assert variants == [Variant("none", "base", None), Variant(str(stories), str(stories), None),
+                        Variant("int4-g64-asym", "base", "int4-g64-asym")]
 
 
 def test_comparison_table_deltas_against_the_first():
@@ -180,9 +181,11 @@ def stories_llm(stories):
 
 
 def test_harness_local_task_matches_the_builtin_lambada(harness, stories_llm, monkeypatch):
+    import datasets
+
     monkeypatch.chdir(ROOT)                                   # the example yaml names its file from here
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     scores, counts = harness.run_harness(stories_llm, ["last_word"], include_path=str(EXAMPLE_TASK), batch_size=2)
+    assert datasets.config.HF_HUB_OFFLINE                     # conftest's HF_DATASETS_OFFLINE=1 took effect
     builtin = lambada(stories_llm, read_lambada(EXAMPLE_TASK / "last_word.jsonl"))
     assert counts == {"last_word/examples": 5}
     assert scores["last_word/acc"] == pytest.approx(builtin.accuracy)
@@ -232,37 +235,20 @@ def test_harness_generation_kwargs(harness):
     assert (gen.stop, gen.max_new_tokens, gen.temperature, gen.top_p, gen.seed) == (("Q:",), 256, 1.0, 0.9, 3)
 
 
-def test_harness_quantize_arg_is_passed_on_or_refused_clearly(harness, monkeypatch):
-    import lmforge.api
-    from lmforge.errors import LmforgeError
+def test_harness_quantize_model_arg_loads_a_quantized_model(harness, stories, stories_llm):
+    from lm_eval.api.instance import Instance
 
-    class WithoutQuantize:
-        def __init__(self, model, dtype, device, threads):
-            raise AssertionError("must not be called")
+    from lmforge.quant.linear import QuantLinear, decoder_linears
 
-    monkeypatch.setattr(lmforge.api, "LLM", WithoutQuantize)
-    with pytest.raises(LmforgeError, match="quantization .int8. is not available"):
-        harness.LmforgeLM(pretrained="m", quantize="int8")
-
-    seen = {}
-
-    class WithQuantize:
-        def __init__(self, model, dtype, device, threads, quantize=None):
-            seen.update(model=model, quantize=quantize)
-            raise LmforgeError("stop here")
-
-    monkeypatch.setattr(lmforge.api, "LLM", WithQuantize)
-    with pytest.raises(LmforgeError, match="stop here"):
-        harness.LmforgeLM(pretrained="m", quantize="int4-g128")
-    assert seen == {"model": "m", "quantize": "int4-g128"}
+    quantized = harness.LmforgeLM.create_from_arg_string(f"pretrained={stories},quantize=int8")  # as lm-eval does
+    assert all(isinstance(m, QuantLinear) for _, m in decoder_linears(quantized.llm.model))
+    request = [Instance("loglikelihood", {}, ("Once upon a time, there was a", " little girl"), 0)]
+    [(int8_logprob, _)] = quantized.loglikelihood(request, disable_tqdm=True)
+    [(fp32_logprob, _)] = harness.LmforgeLM(llm=stories_llm).loglikelihood(request, disable_tqdm=True)
+    assert int8_logprob == pytest.approx(fp32_logprob, rel=0.05) and int8_logprob != fp32_logprob
 
 
 def test_cli_compare_precisions(capsys, stories):
-    import inspect
-
-    from lmforge import LLM
-    if "quantize" not in inspect.signature(LLM).parameters:
-        pytest.skip("LLM has no quantize argument in this checkout")
     code = main(["eval", "--model", str(stories), "--task", "perplexity", "--data",
                  str(EXAMPLE_TASK / "last_word.jsonl"), "--context-len", "32", "--stride", "16", "--compare", "none,int8"])
     out = capsys.readouterr().out
@@ -314,6 +300,11 @@ def test_bad_lambada_line(capsys, tmp_path):
     data = tmp_path / "l.jsonl"
     data.write_text('{"text": "a b"}\n{"txt": "c d"}\n')
     assert_one_line_error(*run_cli(capsys, "--task", "lambada", "--data", str(data)), "l.jsonl:2", '"text"')
+
+
+def test_compare_word_that_is_no_model_nor_scheme(capsys):
+    assert_one_line_error(*run_cli(capsys, "--task", "lambada", "--data", str(EXAMPLE_TASK / "last_word.jsonl"),
+                                   "--compare", "none,int9"), "'int9' is neither a model", "int8")
 
 
 def test_flag_of_another_task(capsys, tmp_path):

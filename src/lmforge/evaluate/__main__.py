@@ -9,9 +9,8 @@ from ..errors import LmforgeError
 
 try:
     from . import harness  # noqa: F401  (registers the model with lm-eval)
-except LmforgeError as e:
+    from lm_eval.__main__ import cli_evaluate
+
+    cli_evaluate()
+except LmforgeError as e:  # a bad model arg (pretrained, quantize, batch_size...): one line, not a traceback
     sys.exit(f"lmforge: error: {e}")
-
-from lm_eval.__main__ import cli_evaluate
-
-cli_evaluate()

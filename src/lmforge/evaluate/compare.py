@@ -1,7 +1,6 @@
 """One task on several models or precisions: loading, the comparison table and its JSON file."""
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -14,21 +13,12 @@ from ..errors import LmforgeError
 from ..loader import ALIASES
 
 
-def _check_quantize(quantize: str) -> None:
-    from ..api import LLM
-
-    if "quantize" not in inspect.signature(LLM).parameters:
-        raise LmforgeError(f"quantization ({quantize}) is not available in this version of lmforge; "
-                           "evaluate the unquantized model or a quantized checkpoint folder instead")
-
-
 def load_llm(model, dtype="float32", device="cpu", threads=None, quantize: str | None = None):
-    """An lmforge.LLM, quantized with `quantize` (a scheme name such as int8) when one is given."""
+    """An lmforge.LLM, quantized at load time with `quantize` (a scheme name such as int8) unless it is
+    None, "" or "none"."""
     from ..api import LLM
 
-    if quantize in (None, "", "none"):
-        return LLM(model, dtype=dtype, device=device, threads=threads)
-    _check_quantize(quantize)
+    quantize = None if quantize in ("", "none") else quantize
     return LLM(model, dtype=dtype, device=device, threads=threads, quantize=quantize)
 
 
@@ -41,6 +31,18 @@ class Variant:
 
 def _is_model(item: str) -> bool:
     return item in ALIASES or "/" in item or item.endswith(".gguf") or Path(item).exists()
+
+
+def _check_scheme(item: str) -> None:
+    """Refuse a --compare word that is neither a model nor a quantization scheme, before anything runs."""
+    from ..quant import parse_quantize
+
+    try:
+        parse_quantize(item)
+    except LmforgeError:
+        raise LmforgeError(f"--compare item {item!r} is neither a model (path, .gguf file or alias) nor a "
+                           "quantization scheme; give a model path or a scheme such as int8, fp8, int4, int4-g64-asym"
+                           ) from None
 
 
 def parse_compare(spec: str, base_model: str | None) -> list[Variant]:
@@ -56,7 +58,7 @@ def parse_compare(spec: str, base_model: str | None) -> list[Variant]:
                 else Variant(item, base_model, item) for item in items]
     for v in variants:
         if v.quantize:
-            _check_quantize(v.quantize)  # fail before the first model runs, not after
+            _check_scheme(v.quantize)  # fail before the first model runs, not after
     return variants
 
 
