@@ -3,7 +3,7 @@
 The C++ sources are compiled with ``torch.utils.cpp_extension.load`` into a per-user cache directory
 keyed by a hash of the sources, the torch version and the CPU's feature flags (the code is built with
 ``-march=native``), so a second process only loads the shared library. Loading registers the ops
-``lmforge::int4_linear`` and ``lmforge::int8_linear`` with the dispatcher.
+``lmforge::int4_linear``, ``lmforge::int8_linear`` and ``lmforge::dense_linear`` with the dispatcher.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("quant_linear.cpp",)
+SOURCES = ("quant_linear.cpp", "dense_linear.cpp")
 CFLAGS = ("-O3", "-march=native", "-mavx2", "-mfma", "-mf16c",
           "-fopenmp")  # at::parallel_for is inline OpenMP code: without it, the ops run on one thread
 REQUIRED_ISA = ("avx2", "fma", "f16c")

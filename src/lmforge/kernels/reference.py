@@ -1,9 +1,8 @@
 """Pure-PyTorch definitions of the kernel ops: the fallback when no native build is available, and the
 reference the native kernels are tested against.
 
-Both ops quantize the activation row to int8 per 32-column block (d = absmax / 127, codes round(x * 127 /
-absmax), half to even) and multiply it with the dequantized weight; the native kernels compute the same
-products exactly in int32 and differ from these functions only in the fp32 summation order.
+Each op is the fp32 product of x with the dequantized weight; the native kernels dequantize in
+registers and differ from these functions only in the fp32 summation order.
 """
 from __future__ import annotations
 
@@ -11,14 +10,6 @@ import torch
 import torch.nn.functional as F
 
 QK = 32  # columns per block
-
-
-def quantize_activation(x: torch.Tensor) -> torch.Tensor:
-    """x [..., K] -> the fp32 values x takes after int8 quantization per 32-column block."""
-    xb = x.float().reshape(*x.shape[:-1], -1, QK)  # [..., K/32, 32]
-    amax = xb.abs().amax(-1, keepdim=True)
-    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
-    return (torch.round(xb * inv) * (amax / 127.0)).reshape(x.shape)
 
 
 def unpack_int4_blocks(qs: torch.Tensor) -> torch.Tensor:
@@ -51,11 +42,18 @@ def dequantize_int8_blocks(q: torch.Tensor, scales: torch.Tensor) -> torch.Tenso
 
 def int4_linear(x: torch.Tensor, qs: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
     # x: [..., K] -> [..., N]
-    w = dequantize_int4_blocks(qs, scales, mins)
-    return F.linear(quantize_activation(x), w.to(x.device)).to(x.dtype)
+    return F.linear(x.float(), dequantize_int4_blocks(qs, scales, mins).to(x.device)).to(x.dtype)
 
 
 def int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     # x: [..., K] -> [..., N]
-    w = dequantize_int8_blocks(q, scales)
-    return F.linear(quantize_activation(x), w.to(x.device)).to(x.dtype)
+    return F.linear(x.float(), dequantize_int8_blocks(q, scales).to(x.device)).to(x.dtype)
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    # x: [..., K] -> [..., N], fp32 arithmetic
+    return F.linear(x.float(), weight.float()).to(x.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))

@@ -7,7 +7,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..config import ModelConfig
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose decode-sized products (a few rows on the CPU) run lmforge's dense kernel, which
+    reads the weight at the machine's bandwidth where ATen's GEMM does not (see lmforge.kernels)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and x.numel() <= kernels.DENSE_MAX_ROWS * self.in_features
+                and self.weight.is_contiguous() and kernels.backend() == "native"):
+            y = kernels.dense_linear(x, self.weight)
+            return y if self.bias is None else y + self.bias
+        return F.linear(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -17,8 +30,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if (x.dtype == self.weight.dtype == torch.float32 and x.device.type == "cpu"
+                and kernels.backend() == "native"):
+            return kernels.rms_norm(x, self.weight, self.eps)
+        # normalized in fp32, cast back, then scaled: the order of transformers' Llama RMSNorm
+        xf = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * xf.to(x.dtype)
 
 
@@ -64,23 +80,35 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 
 
 def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, interleaved: bool):
-    """cos, sin of shape [B, 1, S, rotary_dim] for positions [B, S] (fp32)."""
+    """cos and signed sin, each [B, S, 1, rotary_dim] (fp32), for positions [B, S] and x [B, S, heads, hd].
+
+    The rotation of a channel pair (a, b) is (a cos - b sin, b cos + a sin): with the pair partners
+    swapped (``swap_pairs``) and the sine negated on the first member, it is x * cos + swap(x) * sin."""
     freqs = positions[..., None].float() * inv_freq  # [B, S, rd/2]
-    emb = freqs.repeat_interleave(2, dim=-1) if interleaved else torch.cat((freqs, freqs), dim=-1)
-    return emb.cos()[:, None], emb.sin()[:, None]
+    if interleaved:  # pairs are neighbouring channels (2i, 2i + 1)
+        cos = freqs.cos().repeat_interleave(2, dim=-1)
+        sin = torch.stack((-freqs.sin(), freqs.sin()), dim=-1).flatten(-2)
+    else:  # pairs are channels (i, i + rd/2)
+        cos = torch.cat((freqs.cos(), freqs.cos()), dim=-1)
+        sin = torch.cat((-freqs.sin(), freqs.sin()), dim=-1)
+    return cos[:, :, None], sin[:, :, None]
+
+
+def swap_pairs(x: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """Each rotary channel replaced by its pair partner: (x_{i+rd/2}, x_i) or (x_{2i+1}, x_{2i})."""
+    rd = x.shape[-1]
+    if interleaved:
+        return x.unflatten(-1, (rd // 2, 2)).flip(-1).flatten(-2)
+    return x.unflatten(-1, (2, rd // 2)).flip(-2).flatten(-2)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
-    """Rotate the first rotary_dim channels of x [B, H, S, hd]; the rest pass through."""
+    """Rotate the first rotary_dim channels of x [B, S, heads, hd]; the rest pass through."""
     rd = cos.shape[-1]
-    xr, xp = x[..., :rd], x[..., rd:]
-    if interleaved:
-        rot = torch.stack((-xr[..., 1::2], xr[..., ::2]), dim=-1).flatten(-2)
-    else:
-        half = rd // 2
-        rot = torch.cat((-xr[..., half:], xr[..., :half]), dim=-1)
-    out = (xr.float() * cos + rot.float() * sin).to(x.dtype)
-    return torch.cat((out, xp), dim=-1) if xp.shape[-1] else out
+    xr = x if rd == x.shape[-1] else x[..., :rd]
+    out = xr.float() * cos + swap_pairs(xr.float(), interleaved) * sin
+    out = out.to(x.dtype)
+    return out if rd == x.shape[-1] else torch.cat((out, x[..., rd:]), dim=-1)
 
 
 # ------------------------------------------------------------------------------------------ ALiBi
@@ -115,27 +143,27 @@ class Attention(nn.Module):
         if cfg.attn_scale_by_layer:
             self.scale /= layer + 1
         self.clip = cfg.clip_qkv
-        self.wqkv = nn.Linear(cfg.dim, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
-        self.wo = nn.Linear(cfg.q_size, cfg.dim, bias=cfg.o_bias)
+        self.wqkv = Linear(cfg.dim, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
+        self.wo = Linear(cfg.q_size, cfg.dim, bias=cfg.o_bias)
         self.q_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
         self.k_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
 
     def forward(self, x, rope, interleaved, bias_or_mask, cache, slots, kv_len):
         # x: [B, S, D]
         B, S, _ = x.shape
+        H, KV = self.n_heads, self.n_kv
         qkv = self.wqkv(x)
         if self.clip is not None:
             qkv = qkv.clamp(-self.clip, self.clip)
-        q, k, v = qkv.split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=-1)
-        q = q.view(B, S, self.n_heads, self.hd).transpose(1, 2)   # [B, H, S, hd]
-        k = k.view(B, S, self.n_kv, self.hd).transpose(1, 2)      # [B, KV, S, hd]
-        v = v.view(B, S, self.n_kv, self.hd).transpose(1, 2)
+        qkv = qkv.view(B, S, H + 2 * KV, self.hd)
+        qk, v = qkv[:, :, :H + KV], qkv[:, :, H + KV:]             # [B, S, H + KV, hd], [B, S, KV, hd]
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            cos, sin = rope
-            q = apply_rope(q, cos, sin, interleaved)
-            k = apply_rope(k, cos, sin, interleaved)
+            qk = torch.cat((self.q_norm(qk[:, :, :H]), self.k_norm(qk[:, :, H:])), dim=2)
+        if rope is not None:  # q and k rotate together
+            qk = apply_rope(qk, *rope, interleaved)
+        q = qk[:, :, :H].transpose(1, 2)                           # [B, H, S, hd]
+        k = qk[:, :, H:].transpose(1, 2)                           # [B, KV, S, hd]
+        v = v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer, slots, k, v, kv_len)  # [B, KV, L, hd]
         y = F.scaled_dot_product_attention(
@@ -149,8 +177,8 @@ class MLP(nn.Module):
         self.gated = cfg.mlp == "gated"
         self.hidden = cfg.hidden_dim
         n_in = 2 * cfg.hidden_dim if self.gated else cfg.hidden_dim
-        self.w_in = nn.Linear(cfg.dim, n_in, bias=cfg.mlp_bias)   # gated: [gate; up] fused
-        self.w_out = nn.Linear(cfg.hidden_dim, cfg.dim, bias=cfg.mlp_bias)
+        self.w_in = Linear(cfg.dim, n_in, bias=cfg.mlp_bias)   # gated: [gate; up] fused
+        self.w_out = Linear(cfg.hidden_dim, cfg.dim, bias=cfg.mlp_bias)
         self.act = ACTIVATIONS[cfg.act]
 
     def forward(self, x):

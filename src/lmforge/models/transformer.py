@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .layers import MLP, Attention, alibi_slopes, make_norm, rope_cos_sin, rope_inv_freq
+from .layers import MLP, Attention, Linear, alibi_slopes, make_norm, rope_cos_sin, rope_inv_freq
 
 
 @dataclass
@@ -56,18 +56,19 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, emb_dim)
         # learned positions live in the model width, added after proj_in (OPT-350m)
         self.pos_embed = nn.Embedding(cfg.max_seq_len + cfg.pos_offset, cfg.dim) if cfg.pos == "learned" else None
-        self.proj_in = nn.Linear(emb_dim, cfg.dim, bias=False) if cfg.embed_proj_dim else None
+        self.proj_in = Linear(emb_dim, cfg.dim, bias=False) if cfg.embed_proj_dim else None
         self.embed_norm = make_norm(cfg) if cfg.embed_norm else None
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = make_norm(cfg) if cfg.final_norm else None
-        self.proj_out = nn.Linear(cfg.dim, emb_dim, bias=False) if cfg.embed_proj_dim else None
-        self.lm_head = nn.Linear(emb_dim, cfg.vocab_size, bias=cfg.lm_head_bias)
+        self.proj_out = Linear(cfg.dim, emb_dim, bias=False) if cfg.embed_proj_dim else None
+        self.lm_head = Linear(emb_dim, cfg.vocab_size, bias=cfg.lm_head_bias)
         self.register_buffer("inv_freq", rope_inv_freq(cfg) if cfg.pos == "rope" else None, persistent=False)
         self.register_buffer("alibi", alibi_slopes(cfg.n_heads, cfg.alibi, cfg.alibi_max_bias)
                              if cfg.pos == "alibi" else None, persistent=False)
 
     def tie_weights(self):
-        if self.cfg.tie_embeddings:
+        """Share the embedding table with the head (a TiedHead of a quantized table already does)."""
+        if self.cfg.tie_embeddings and isinstance(self.lm_head, nn.Linear):
             self.lm_head.weight = self.embed.weight
 
     def init_buffers(self, device):
