@@ -5,7 +5,9 @@ import torch
 from lmforge.config import ModelConfig
 from lmforge.models.transformer import Transformer
 from lmforge.quant import formats
-from lmforge.quant.linear import FP8Linear, Int4Linear, Int8Linear, W8A8Linear
+from lmforge import kernels
+from lmforge.quant.linear import (BlockEmbedding, BlockInt4Linear, BlockInt8Linear, FP8Linear, Int4Linear,
+                                  Int8Linear, TiedHead, W8A8Linear)
 from lmforge.quant.smoothing import fold_inverse_scale, fold_targets
 
 
@@ -28,7 +30,24 @@ def modules():
         "w8a8-static": W8A8Linear.from_float(w, None, act_scale=torch.tensor(0.03)),
         "fp8": FP8Linear.from_float(w, b),
         "int4-perm-scaled": _with_perm_and_scale(Int4Linear.from_float(w, b, group_size=32, sym=False), x_stats),
+        "q4-blocks": block_int4(w, b),
+        "q8-blocks": block_int8(w),
     }
+
+
+def block_int4(w, b=None):
+    """A BlockInt4Linear holding w's asymmetric int4 codes per 32 columns (GGUF Q4_1-like, fp16 scales)."""
+    qs, s, m = kernels.repack_int4(*formats.quantize_int4(w, 32, sym=False))
+    module = BlockInt4Linear(w.shape[1], w.shape[0], bias=b is not None)
+    return module._set({"qs": qs, "scales": s.half(), "mins": m.half()}, b)
+
+
+def block_int8(w):
+    """A BlockInt8Linear with one scale per 32 columns (GGUF Q8_0-like)."""
+    g = w.reshape(w.shape[0], -1, 32)
+    s = (g.abs().amax(-1) / 127).half()
+    q = torch.round(g / s.float()[..., None]).clamp(-127, 127).to(torch.int8).reshape(w.shape)
+    return BlockInt8Linear(w.shape[1], w.shape[0])._set({"q": q, "scales": s}, None)
 
 
 def _with_perm_and_scale(m, s):
@@ -42,6 +61,18 @@ def test_forward_matches_dequantized_reference(name):
     m = modules()[name]
     x = torch.randn(2, 5, 128)
     torch.testing.assert_close(m(x), m.reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_block_embedding_gathers_dequantized_rows_and_ties_the_head():
+    w = weight(n=64, k=128)
+    for table in (block_int8(w), block_int4(w)):
+        embed = BlockEmbedding(table, torch.float32)
+        tokens = torch.tensor([[3, 0, 63], [5, 5, 1]])
+        torch.testing.assert_close(embed(tokens), table.dequantize()[tokens], rtol=0, atol=0)
+        head = TiedHead(embed)
+        x = torch.randn(2, 3, 128)
+        torch.testing.assert_close(head(x), table(x), rtol=0, atol=0)
+        assert list(head.state_dict()) == []  # the table is saved once, with the embedding
 
 
 @pytest.mark.parametrize("name", ["int8", "int4-g32-sym", "int4-g64-asym", "int4-perm-scaled", "w8a8-token", "fp8"])
@@ -59,7 +90,7 @@ def test_weight_only_reference_is_linear_with_dequantized_weight():
     w = weight()
     x = torch.randn(4, 128)
     for m in (Int8Linear.from_float(w), Int4Linear.from_float(w, group_size=32), FP8Linear.from_float(w)):
-        torch.testing.assert_close(m(x), x @ m.dequantize().t(), rtol=0, atol=1e-6)
+        torch.testing.assert_close(m.reference(x), x @ m.dequantize().t(), rtol=0, atol=1e-6)
 
 
 def test_rounding_error_is_within_half_a_step():

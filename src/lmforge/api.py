@@ -23,17 +23,20 @@ class LLM:
 
     def __init__(self, model: str | Path | None = None, dtype: str | torch.dtype = "float32",
                  device: str | torch.device = "cpu", threads: int | None = None, quantize=None,
-                 adapters=None, merge_adapters: bool = True):
+                 adapters=None, merge_adapters: bool = True, dequantize: bool = False):
         """quantize: RTN at load time, "int8" | "int4" | "int4-g128" | "int4-g64-asym" | "fp8" (see
         lmforge.quant.parse_quantize); a folder written by `lmforge quantize` needs nothing.
         adapters: PEFT LoRA folder(s) (a path, a list, or {name: path}); merged into the weights
-        (before quantization), or with merge_adapters=False applied per request: generate(adapter=name)."""
+        (before quantization), or with merge_adapters=False applied per request: generate(adapter=name).
+        dequantize: expand a GGUF file's Q4_0/Q4_1/Q8_0 weights to `dtype` at load instead of running
+        them natively (the native kernels round activations to int8 per 32 values, as llama.cpp does)."""
         if threads:
             torch.set_num_threads(threads)
         self.dtype, self.device = parse_dtype(dtype), parse_device(device)
         merge_first = adapters is not None and merge_adapters
         self.model, self._tokenizer, self.source = load(model, self.dtype, self.device,
-                                                        quantize=None if merge_first else quantize)
+                                                        quantize=None if merge_first else quantize,
+                                                        dequantize=dequantize or adapters is not None)
         self.adapters = None
         if adapters is not None:
             from .adapters import attach

@@ -74,8 +74,9 @@ def is_gguf(path: Path) -> bool:
         return False
 
 
-def open_source(source: str | Path | None):
-    """A source (lmforge folder, HF folder, GGUF file): config, tokenizer and a stream of named tensors."""
+def open_source(source: str | Path | None, native: bool = True):
+    """A source (lmforge folder, HF folder, GGUF file): config, tokenizer and a stream of named tensors.
+    native=False dequantizes a GGUF file's quantized weights instead of running them natively."""
     path = resolve(source)
     from .io.native import LmforgeSource, is_native
     if is_native(path):
@@ -89,17 +90,20 @@ def open_source(source: str | Path | None):
         return src
     if is_gguf(path):
         from .io.gguf import GGUFSource
-        return GGUFSource(path)
+        return GGUFSource(path, native=native)
     raise LmforgeError(f"{path}: not a model; give a Hugging Face folder (with config.json) or a .gguf file")
 
 
-def load(source: str | Path | None, dtype="float32", device="cpu", quantize=None):
+def load(source: str | Path | None, dtype="float32", device="cpu", quantize=None, dequantize: bool = False):
     """(model, tokenizer, source) ready to run; tokenizer is the LmforgeError if it could not be loaded.
-    quantize: an on-the-fly RTN spec ("int8", "int4-g128", ... or a QuantSpec) applied after loading."""
+    quantize: an on-the-fly RTN spec ("int8", "int4-g128", ... or a QuantSpec) applied after loading
+    (to the dequantized weights of a GGUF file). dequantize: expand a GGUF file's Q4_0/Q4_1/Q8_0 weights
+    to `dtype` instead of running them natively."""
     from .io.weights import build_model
 
     dtype, device = parse_dtype(dtype), parse_device(device)
-    src = open_source(source)
+    # the block kernels are CPU code (elsewhere their reference dequantizes on every call)
+    src = open_source(source, native=quantize is None and not dequantize and device.type == "cpu")
     try:
         tokenizer = src.tokenizer()
     except LmforgeError as e:  # kept, and raised when text is needed: token ids still work

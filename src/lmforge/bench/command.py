@@ -18,6 +18,10 @@ def add_parser(sub) -> None:
     b.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
     b.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     b.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
+    b.add_argument("--quantize", default=None, metavar="SPEC",
+                   help="quantize at load time (RTN): int8, fp8, int4 (group 128), int4-g64, int4-g128-asym, ...")
+    b.add_argument("--dequantize", action="store_true",
+                   help="expand a GGUF file's Q4_0/Q4_1/Q8_0 weights to --dtype instead of running them natively")
     b.add_argument("--input-tokens", "-p", type=int, nargs="+", default=[512], metavar="N",
                    help="prompt lengths in tokens (default 512)")
     b.add_argument("--max-new-tokens", "-n", type=int, nargs="+", default=[128], metavar="N",
@@ -119,11 +123,12 @@ def run(args: argparse.Namespace) -> int:
         raise LmforgeError("--draft/--draft-model apply to the length sweep, not to --prompt-file/--dataset; "
                            "drop one of them")
     _progress(f"loading {args.model or 'the default model'}")
-    llm = LLM(args.model, dtype=args.dtype, device=device, threads=args.threads)
+    llm = LLM(args.model, dtype=args.dtype, device=device, threads=args.threads, quantize=args.quantize,
+              dequantize=args.dequantize)
     if prompts is not None:
         return run_dataset(llm, prompts, args, settings)
     runner.check_context(cases, llm.config.max_seq_len)
-    env = environment(llm.device, llm.dtype, llm.source.describe().get("quantization"))
+    env = environment(llm.device, llm.dtype, quantization_label(llm, args))
     speculator = llm.speculator(draft, args.speculate_k) if draft else None
     results = runner.run_bench(llm, cases, settings, env, roof, tuple(dict.fromkeys(args.compare)), _progress,
                                speculator=speculator, draft=draft)
@@ -148,3 +153,13 @@ def run_dataset(llm, prompts: list[str], args: argparse.Namespace, settings) -> 
     if args.output_json:
         report.write_atomic(args.output_json, report.json.dumps(results, indent=1) + "\n")
     return 0
+
+
+def quantization_label(llm, args) -> str | None:
+    """What the benchmarked weights are: the file's quantization and how it runs, or the --quantize spec."""
+    if args.quantize:
+        return f"{args.quantize} (RTN at load)"
+    stored = llm.source.describe().get("quantization")
+    if stored and llm.source.format == "gguf":
+        return f"{stored}; {'dequantized to ' + args.dtype if args.dequantize else 'Q4_0/Q4_1/Q8_0 run natively'}"
+    return stored

@@ -1,7 +1,12 @@
-"""GGUF files (llama.cpp): metadata -> ModelConfig, tensors dequantized one at a time, embedded tokenizer.
+"""GGUF files (llama.cpp): metadata -> ModelConfig, tensors (native blocks or dequantized), embedded tokenizer.
 
-The file is memory-mapped by ``gguf.GGUFReader``; ``tensors()`` dequantizes one tensor per step, so only
-the raw (mapped) bytes and one float copy of the tensor at hand exist at a time.
+The file is memory-mapped by ``gguf.GGUFReader``. Linear weights in Q4_0, Q4_1 and Q8_0 run natively:
+``tensors()`` repacks their blocks into the layouts of lmforge's kernels (``BlockInt4Linear`` /
+``BlockInt8Linear``; the token embedding becomes a ``BlockEmbedding``, which is also the head when the
+model ties them) and they are never expanded to floats. Every other type (F16, BF16, K-quants, ...) is
+dequantized one tensor per step, so only the mapped bytes and one float copy of the tensor at hand
+exist at a time. ``GGUFSource(path, native=False)`` dequantizes everything (to quantize or merge an
+adapter into the weights, or to compare with a reference on the same float weights).
 
 A GGUF architecture is a ``models.base.Family`` whose ``config_from_hf`` reads GGUF metadata instead of
 a config.json, and whose rules rename llama.cpp's tensor names (``blk.N.attn_q.weight``). Facts that the
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import math
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,6 +34,10 @@ VOCAB_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggm
 
 # the types ``tensors()`` is tested on; any other type ``gguf.quants`` can dequantize also loads
 TESTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
+
+# GGUF types executed natively -> the kernel format they are repacked into
+NATIVE_TYPES = {"Q4_0": "q4", "Q4_1": "q4", "Q8_0": "q8"}
+NATIVE_TENSORS = {"q4": ("qs", "scales", "mins"), "q8": ("q", "scales")}  # what one GGUF weight becomes
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -124,20 +134,22 @@ def _rope_scaling(meta: dict[str, Any], arch: str) -> dict | None:
 def gguf_rules(permuted_qk: bool) -> tuple[Rule, ...]:
     """llama.cpp tensor names -> lmforge names, for the llama-style block layout."""
     b = r"blk\.(\d+)\."
+    part = r"\.(weight|bias|qs|q|scales|mins)"  # a float weight, a bias, or a part of a native weight
     q, k = (unpermute_q, unpermute_k) if permuted_qk else (None, None)
     return (
         Rule(r"token_embd\.weight", "embed.weight"),
+        Rule(r"token_embd\.(qs|q|scales|mins)", "embed.table.{0}"),  # a BlockEmbedding
         Rule(b + r"attn_norm\.weight", "layers.{0}.attn_norm.weight"),
         Rule(b + r"ffn_norm\.weight", "layers.{0}.mlp_norm.weight"),
-        Rule(b + r"attn_q\.(weight|bias)", "layers.{0}.attn.wqkv.{1}", "q", q),
-        Rule(b + r"attn_k\.(weight|bias)", "layers.{0}.attn.wqkv.{1}", "k", k),
-        Rule(b + r"attn_v\.(weight|bias)", "layers.{0}.attn.wqkv.{1}", "v"),
-        Rule(b + r"attn_output\.(weight|bias)", "layers.{0}.attn.wo.{1}"),
-        Rule(b + r"ffn_gate\.(weight|bias)", "layers.{0}.mlp.w_in.{1}", "gate"),
-        Rule(b + r"ffn_up\.(weight|bias)", "layers.{0}.mlp.w_in.{1}", "up"),
-        Rule(b + r"ffn_down\.(weight|bias)", "layers.{0}.mlp.w_out.{1}"),
+        Rule(b + r"attn_q" + part, "layers.{0}.attn.wqkv.{1}", "q", q),
+        Rule(b + r"attn_k" + part, "layers.{0}.attn.wqkv.{1}", "k", k),
+        Rule(b + r"attn_v" + part, "layers.{0}.attn.wqkv.{1}", "v"),
+        Rule(b + r"attn_output" + part, "layers.{0}.attn.wo.{1}"),
+        Rule(b + r"ffn_gate" + part, "layers.{0}.mlp.w_in.{1}", "gate"),
+        Rule(b + r"ffn_up" + part, "layers.{0}.mlp.w_in.{1}", "up"),
+        Rule(b + r"ffn_down" + part, "layers.{0}.mlp.w_out.{1}"),
         Rule(r"output_norm\.weight", "norm.weight"),
-        Rule(r"output\.weight", "lm_head.weight"),
+        Rule(r"output" + part, "lm_head.{0}"),
     )
 
 
@@ -204,7 +216,7 @@ def llama3_scaling_from_freqs(freqs: np.ndarray, cfg: ModelConfig) -> dict:
 class GGUFSource:
     format = "gguf"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, native: bool = True):
         self.path = Path(path)
         self.files = [self.path]
         self.reader = open_reader(self.path)
@@ -226,6 +238,7 @@ class GGUFSource:
         except LmforgeError as e:
             raise LmforgeError(f"{self.path}: {e}") from None
         self.config: ModelConfig = config
+        self.native = native_plan(self.reader.tensors, self.family) if native else {}
 
     def _tensor(self, name: str) -> torch.Tensor:
         for t in self.reader.tensors:
@@ -235,7 +248,28 @@ class GGUFSource:
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         for t in self.reader.tensors:
-            yield t.name, dequantize(t, self.path)
+            if module_of(self.family, t.name) in self.native:
+                base = t.name.removesuffix(".weight")
+                for part, tensor in zip(NATIVE_TENSORS[NATIVE_TYPES[t.tensor_type.name]], repack(t, self.path)):
+                    yield f"{base}.{part}", tensor
+            else:
+                yield t.name, dequantize(t, self.path)
+
+    def prepare(self, model, dtype: torch.dtype) -> None:
+        """Put empty block-format modules (meta device) where the plan runs weights natively."""
+        from ..quant.linear import BlockEmbedding, BlockInt4Linear, BlockInt8Linear, TiedHead, set_module
+
+        classes = {"q4": BlockInt4Linear, "q8": BlockInt8Linear}
+        with torch.device("meta"):
+            for name, kind in self.native.items():
+                if name == "embed":
+                    table = classes[kind](self.config.dim, self.config.vocab_size)
+                    model.embed = BlockEmbedding(table, dtype)
+                    if self.config.tie_embeddings:
+                        model.lm_head = TiedHead(model.embed)
+                    continue
+                old = model.get_submodule(name)
+                set_module(model, name, classes[kind](old.in_features, old.out_features, bias=old.bias is not None))
 
     def match(self, name: str):
         return self.family.match(name)
@@ -259,6 +293,45 @@ class GGUFSource:
         return {"format": f"GGUF v{self.meta.get('GGUF.version', '?')}",
                 "file_dtype": file_dtype,
                 "quantization": ", ".join(f"{k} x{v}" for k, v in types.most_common()) if quantized else None}
+
+
+def module_of(family: Family, tensor_name: str) -> str | None:
+    """The lmforge module a GGUF weight belongs to (``blk.0.attn_q.weight`` -> ``layers.0.attn.wqkv``)."""
+    try:
+        m = family.match(tensor_name)
+    except KeyError:
+        return None
+    if m is None or not m[0].endswith(".weight"):
+        return None
+    return m[0].removesuffix(".weight")
+
+
+def native_plan(tensors, family: Family) -> dict[str, str]:
+    """lmforge module -> kernel format ("q4" / "q8") for every module whose GGUF weights (all the
+    parts of a fused one: q, k, v) have types the kernels run; the embedding too ("embed")."""
+    kinds: dict[str, set[str | None]] = collections.defaultdict(set)
+    for t in tensors:
+        module = module_of(family, t.name)
+        if module is not None:
+            kinds[module].add(NATIVE_TYPES.get(t.tensor_type.name) if len(t.shape) == 2 else None)
+    return {module: next(iter(k)) for module, k in kinds.items() if len(k) == 1 and None not in k}
+
+
+def repack(t, path: Path) -> tuple[torch.Tensor, ...]:
+    """A Q4_0 / Q4_1 / Q8_0 ReaderTensor as the kernel layout's tensors (see NATIVE_TENSORS)."""
+    from .. import kernels
+
+    N, K = (int(n) for n in reversed(t.shape.tolist()))
+    with warnings.catch_warnings():  # the map is read-only; the repacked tensors are fresh copies
+        warnings.simplefilter("ignore", UserWarning)
+        raw = torch.from_numpy(np.asarray(t.data)).reshape(N, -1)
+    kind = t.tensor_type.name
+    fn = {"Q4_0": kernels.repack_gguf_q4_0, "Q4_1": kernels.repack_gguf_q4_1, "Q8_0": kernels.repack_gguf_q8_0}[kind]
+    try:
+        return fn(raw)
+    except (ValueError, RuntimeError):
+        raise LmforgeError(f"{path}: tensor {t.name!r} ({kind}, shape {(N, K)}) has {t.data.nbytes} bytes of "
+                           "blocks, not what its shape needs; the file is truncated or corrupt") from None
 
 
 def dequantize(t, path: Path) -> torch.Tensor:

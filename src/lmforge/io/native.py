@@ -153,7 +153,7 @@ class LmforgeSource:
     def match(self, name: str):
         return name, None, None  # stored under lmforge names already
 
-    def prepare(self, model) -> None:
+    def prepare(self, model, dtype=None) -> None:
         """Swap the decoder Linears of the meta-device model for the stored quantized modules."""
         if self.quantization:
             from ..quant.linear import empty_quantized

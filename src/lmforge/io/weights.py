@@ -54,13 +54,13 @@ def map_weights(tensors: Iterable[tuple[str, torch.Tensor]], match: Match, cfg: 
 
 def build_model(cfg: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]], match: Match,
                 dtype: torch.dtype, device: torch.device | str, source: str,
-                prepare: Callable[[Transformer], None] | None = None) -> Transformer:
-    """The model with the checkpoint's weights; `prepare` may first swap modules of the meta-device
-    model (quantized Linears), whose tensors keep their stored dtype unless they are fp32."""
+                prepare: Callable[[Transformer, torch.dtype], None] | None = None) -> Transformer:
+    """The model with the checkpoint's weights; `prepare(model, dtype)` may first swap modules of the
+    meta-device model (quantized Linears), whose tensors keep their stored dtype unless they are fp32."""
     with torch.device("meta"):
         model = Transformer(cfg)
     if prepare is not None:
-        prepare(model)
+        prepare(model, dtype)
     expected = {k: v for k, v in model.state_dict().items()}
     if cfg.tie_embeddings:
         expected.pop("lm_head.weight", None)

@@ -36,7 +36,7 @@ def quantize_to_folder(model_source, spec: QuantSpec, output: str | Path, calib_
     output = Path(output)
     check_output(output, force)  # before any work: a refused run should not cost minutes
     text = read_calibration_text(calib_data, calib_column) if spec.needs_calibration else None
-    model, tokenizer, src = loader.load(model_source, dtype, device)
+    model, tokenizer, src = loader.load(model_source, dtype, device, dequantize=True)
     if getattr(src, "quantization", None) or any(isinstance(m, QuantLinear) for _, m in decoder_linears(model)):
         raise LmforgeError(f"{src.path} is already quantized; quantize the full-precision model instead")
     calib = None

@@ -151,7 +151,7 @@ class ImportedQuantSource:
                 raise LmforgeError(f"{self.path}: cannot fuse {'/'.join(order)} into {target}: {e}") from None
         return modules
 
-    def prepare(self, model) -> None:
+    def prepare(self, model, dtype=None) -> None:
         modules = self._quantized()
         for name, _ in decoder_linears(model):
             if name in modules:

@@ -10,7 +10,8 @@ Each module stores its format's tensors (see ``formats``) as buffers plus, when 
 
 ``dequantize()`` returns the weight [N, K] in fp32 acting on the prepared input; ``reference(x)``
 is the plain dequantize-then-matmul definition; ``forward`` calls the format's kernel, which equals
-the reference up to the rounding of the activation dtype. ``cat`` joins modules along output rows
+the reference up to the rounding of the activation dtype and the summation order: on the CPU, int8 and
+int4 run lmforge's native kernels (for int4, the weights are repacked once into the kernels' layout). ``cat`` joins modules along output rows
 (q, k, v -> wqkv).
 """
 from __future__ import annotations
@@ -19,8 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..errors import LmforgeError
 from . import formats
+
+
+def native_kernels(x: torch.Tensor) -> bool:
+    """Whether x goes to lmforge's native CPU kernels."""
+    return x.device.type == "cpu" and kernels.backend() == "native"
 
 
 class QuantLinear(nn.Module):
@@ -116,6 +123,8 @@ class Int8Linear(QuantLinear):
         return formats.dequantize_int8(self.qweight, self.scales)
 
     def matmul(self, x):
+        if native_kernels(x) and self.in_features % kernels.reference.QK == 0:
+            return kernels.int8_linear(x, self.qweight, self.scales[:, None])
         return formats.int8_matmul(x, self.qweight, self.scales)
 
 
@@ -130,7 +139,8 @@ class Int4Linear(QuantLinear):
         self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
         self.register_buffer("scales", torch.ones(out_features, groups))
         self.register_buffer("zeros", torch.full((out_features, groups), 8, dtype=torch.uint8))
-        self._kernel = None  # (weight, scales_and_zeros) for the CPU kernel, packed on first bf16 use
+        self._kernel = None  # (weight, scales_and_zeros) for torch's bf16 CPU kernel, packed on first use
+        self._blocks = None  # (qs, scales, mins) for lmforge's native kernel, packed on first use
 
     def format_args(self):
         return {"group_size": self.group_size}
@@ -149,12 +159,16 @@ class Int4Linear(QuantLinear):
         return formats.dequantize_int4(self.qweight, self.scales, self.zeros)
 
     def matmul(self, x):
+        if native_kernels(x) and self.group_size % kernels.reference.QK == 0:
+            if self._blocks is None:  # the kernels' block layout, made once
+                self._blocks = kernels.repack_int4(self.qweight, self.scales, self.zeros)
+            return kernels.int4_linear(x, *self._blocks)
         if x.dtype == torch.bfloat16 and x.device.type == "cpu" and self._kernel is None:
             self._kernel = formats.int4_kernel_pack(self.qweight, self.scales, self.zeros) or ()
         return formats.int4_matmul(x, self.qweight, self.scales, self.zeros, self._kernel or None)
 
-    def _apply(self, fn, recurse=True):  # .to()/.cuda() invalidate the kernel's packed copy
-        self._kernel = None
+    def _apply(self, fn, recurse=True):  # .to()/.cuda() invalidate the kernels' packed copies
+        self._kernel = self._blocks = None
         return super()._apply(fn, recurse)
 
 
@@ -213,7 +227,94 @@ class FP8Linear(QuantLinear):
         return formats.fp8_matmul(x, self.qweight, self.scales)
 
 
-FORMATS: dict[str, type[QuantLinear]] = {c.format: c for c in (Int8Linear, Int4Linear, W8A8Linear, FP8Linear)}
+class BlockInt4Linear(QuantLinear):
+    """int4 in blocks of 32 input columns, the layout of lmforge's native kernels (GGUF Q4_0 / Q4_1
+    repacked at load): ``qs`` uint8 [N, K/2], ``scales`` and ``mins`` [N, G] float16 or float32,
+    w = q * scale + min per group of K/G columns."""
+    format = "q4"
+    weight_names = ("qs", "scales", "mins")
+
+    def __init__(self, in_features, out_features, bias=False, input_scale=False, perm=False,
+                 groups: int | None = None, scale_dtype: torch.dtype = torch.float16):
+        super().__init__(in_features, out_features, bias, input_scale, perm)
+        groups = groups or in_features // kernels.reference.QK
+        self.register_buffer("qs", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
+        self.register_buffer("scales", torch.ones(out_features, groups, dtype=scale_dtype))
+        self.register_buffer("mins", torch.zeros(out_features, groups, dtype=scale_dtype))
+
+    def format_args(self):
+        return {"groups": self.scales.shape[1], "scale_dtype": self.scales.dtype}
+
+    def dequantize(self):
+        return kernels.reference.dequantize_int4_blocks(self.qs, self.scales, self.mins)
+
+    def matmul(self, x):
+        return kernels.int4_linear(x, self.qs, self.scales, self.mins)
+
+
+class BlockInt8Linear(QuantLinear):
+    """int8 with one scale per group of input columns (GGUF Q8_0 at load: groups of 32), the native
+    kernels' layout: ``q`` int8 [N, K], ``scales`` [N, G] float16 or float32, w = q * scale."""
+    format = "q8"
+    weight_names = ("q", "scales")
+
+    def __init__(self, in_features, out_features, bias=False, input_scale=False, perm=False,
+                 groups: int | None = None, scale_dtype: torch.dtype = torch.float16):
+        super().__init__(in_features, out_features, bias, input_scale, perm)
+        groups = groups or in_features // kernels.reference.QK
+        self.register_buffer("q", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scales", torch.ones(out_features, groups, dtype=scale_dtype))
+
+    def format_args(self):
+        return {"groups": self.scales.shape[1], "scale_dtype": self.scales.dtype}
+
+    def dequantize(self):
+        return kernels.reference.dequantize_int8_blocks(self.q, self.scales)
+
+    def matmul(self, x):
+        return kernels.int8_linear(x, self.q, self.scales)
+
+
+BLOCK_FORMATS = (BlockInt4Linear, BlockInt8Linear)
+
+
+class BlockEmbedding(nn.Module):
+    """A token embedding kept in a block format (``table``: a BlockInt8Linear or BlockInt4Linear over
+    [vocab, dim]): a lookup dequantizes only the rows it gathers. It also serves as a tied output
+    head (TiedHead), so the table is stored once, quantized."""
+
+    def __init__(self, table: QuantLinear, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.table, self.dtype = table, dtype
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        # tokens: [B, S] -> [B, S, D] fp32
+        t, ids = self.table, tokens.flatten()
+        if isinstance(t, BlockInt8Linear):
+            rows = kernels.reference.dequantize_int8_blocks(t.q[ids], t.scales[ids])
+        else:
+            rows = kernels.reference.dequantize_int4_blocks(t.qs[ids], t.scales[ids], t.mins[ids])
+        return rows.reshape(*tokens.shape, t.in_features).to(self.dtype)
+
+
+class TiedHead(nn.Module):
+    """The output head of a model whose head is its (block-quantized) embedding table. It holds no
+    tensors of its own: the table belongs to the embedding and is read through it."""
+
+    def __init__(self, embedding: BlockEmbedding):
+        super().__init__()
+        self._embedding = [embedding]  # a list: not a submodule, so the table is saved and moved once
+
+    @property
+    def table(self) -> QuantLinear:
+        return self._embedding[0].table
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table(x)
+
+
+FORMATS: dict[str, type[QuantLinear]] = {c.format: c for c in (Int8Linear, Int4Linear, W8A8Linear, FP8Linear,
+                                                                 BlockInt4Linear, BlockInt8Linear)}
 
 
 # ------------------------------------------------------------------------------ model surgery
