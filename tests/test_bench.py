@@ -253,3 +253,16 @@ def test_bad_flags_give_one_line_error(capsys, tmp_path, monkeypatch, stories, f
     code = main(["bench", "--model", str(stories), "--no-roofline", "--num-iter", "1", *flags])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and err.startswith("lmforge: error: ") and needle in err, err
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_weight_bytes_of_a_block_quantized_embedding(tied):
+    from lmforge.quant.linear import BlockEmbedding, BlockInt8Linear, TiedHead
+
+    model = nn.Module()
+    model.embed = BlockEmbedding(BlockInt8Linear(64, 100))  # 6400 bytes of codes + 100 x 2 fp16 scales x 2
+    model.lm_head = TiedHead(model.embed) if tied else BlockInt8Linear(64, 100)
+    table = 100 * 64 + 100 * 2 * 2
+    assert metrics.weight_bytes(model) == table * (1 if tied else 2)
+    # the embedding's rows are gathered; the head (the table itself when tied) is read in full
+    assert metrics.decode_weight_bytes(model) == table

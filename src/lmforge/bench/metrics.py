@@ -157,10 +157,18 @@ def weight_bytes(model, skip_embeddings: bool = False) -> int:
     step only gathers a few of their rows (a head tied to the embedding is still counted, as the head)."""
     from torch import nn
 
+    from ..quant.linear import BlockEmbedding, TiedHead
+
+    skipped: set[int] = set()  # ids of embedding modules and of the modules inside them
+    if skip_embeddings:
+        tied = {id(m.table) for m in model.modules() if isinstance(m, TiedHead)}  # read in full, as the head
+        for module in model.modules():
+            if isinstance(module, (nn.Embedding, BlockEmbedding)):
+                skipped |= {id(m) for m in module.modules() if id(m) not in tied}
     seen: set[int] = set()
     total = 0
     for module in model.modules():
-        if skip_embeddings and isinstance(module, nn.Embedding):
+        if id(module) in skipped:
             continue
         tensors = list(module.parameters(recurse=False))
         tensors += [b for name, b in module.named_buffers(recurse=False)

@@ -21,6 +21,7 @@ import torch
 
 from ..errors import LmforgeError
 from ..generation.sampling import GenerationConfig
+from ..inspect import parameter_count
 from . import metrics
 from .metrics import Timing
 
@@ -191,7 +192,7 @@ class LmforgeBackend:
         model, src = self.llm.model, self.llm.source
         return {"source": str(src.path), "format": src.describe().get("format"),
                 "architecture": self.llm.config.architecture,
-                "parameters": sum(p.numel() for p in model.parameters()),
+                "parameters": parameter_count(self.llm.config),  # from the config: quantized weights are buffers
                 "bytes": metrics.weight_bytes(model), "decode_weight_bytes": metrics.decode_weight_bytes(model),
                 "file_bytes": sum(Path(f).stat().st_size for f in src.files)}
 
@@ -296,6 +297,8 @@ class LlamaCppBackend:
     """The same GGUF file through llama-cpp-python (one sequence at a time, greedy)."""
     name = "llamacpp"
 
+    device = torch.device("cpu")
+
     def __init__(self, llm, n_ctx: int):
         from llama_cpp import Llama
 
@@ -303,7 +306,7 @@ class LlamaCppBackend:
         self.llama = Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=torch.get_num_threads(),
                            n_batch=min(n_ctx, 512), verbose=False)
         self.file_bytes = self.path.stat().st_size
-        self.parameters = sum(p.numel() for p in llm.model.parameters())
+        self.parameters = parameter_count(llm.config)
 
     def supports(self, case: Case, settings: Settings) -> str | None:
         if case.batch_size != 1:
