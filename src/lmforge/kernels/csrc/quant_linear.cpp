@@ -61,12 +61,6 @@ struct Int4Rows {
     v = c < 2 ? _mm256_and_si256(v, _mm256_set1_epi32(0x0F)) : _mm256_srli_epi32(v, 4);
     return _mm256_cvtepi32_ps(v);
   }
-  float weight(int64_t r, int64_t k) const {  // one dequantized weight (the dequantized-GEMM path)
-    const uint8_t byte = row(r)[k / QK * BLOCK_BYTES + k % 16];
-    const int code = k % QK < 16 ? byte & 0x0F : byte >> 4;
-    const int64_t g = k / (K / G);
-    return code * scale(r, g) + min(r, g);
-  }
 };
 
 template <typename S>
@@ -83,7 +77,6 @@ struct Int8Rows {
   static __m256 codes(const int8_t* block, int c) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(block + 8 * c))));
   }
-  float weight(int64_t r, int64_t k) const { return row(r)[k] * scale(r, k / (K / G)); }
 };
 
 // ----------------------------------------------------------------------------------- GEMV tiles
@@ -179,8 +172,15 @@ at::Tensor gemm_dequantized(const Rows& w, const at::Tensor& x, int64_t N) {
   for (int64_t n0 = 0; n0 < N; n0 += PANEL) {
     const int64_t rows = std::min(PANEL, N - n0);
     at::parallel_for(0, rows, 8, [&](int64_t r0, int64_t r1) {
+      const int64_t bpg = K / QK / w.G;
       for (int64_t r = r0; r < r1; ++r) {
-        for (int64_t k = 0; k < K; ++k) pp[r * K + k] = w.weight(n0 + r, k);
+        for (int64_t b = 0; b < K / QK; ++b) {
+          const __m256 scale = _mm256_set1_ps(w.scale(n0 + r, b / bpg)), min = _mm256_set1_ps(w.min(n0 + r, b / bpg));
+          for (int c = 0; c < 4; ++c) {
+            const __m256 v = _mm256_fmadd_ps(Rows::codes(w.row(n0 + r) + b * Rows::BLOCK_BYTES, c), scale, min);
+            _mm256_storeu_ps(pp + r * K + b * QK + 8 * c, v);
+          }
+        }
       }
     });
     y.narrow(1, n0, rows).copy_(at::mm(x, panel.narrow(0, 0, rows).t()));
