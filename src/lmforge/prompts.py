@@ -25,7 +25,8 @@ def _read_text(path: Path) -> str:
         raise LmforgeError(f"{path}: cannot read it as UTF-8 text ({e}); give a readable text file") from None
 
 
-def _jsonl_rows(path: Path) -> list[dict]:
+def jsonl_rows(path: Path) -> list[dict]:
+    """The JSON objects of a .jsonl file, one a line (blank lines skipped); a bad line is an LmforgeError."""
     rows = []
     for n, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
@@ -74,7 +75,7 @@ def read_dataset(path: str | Path, column: str) -> list[str]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        rows = _jsonl_rows(path)
+        rows = jsonl_rows(path)
     elif suffix == ".csv":
         rows = _csv_rows(path)
     elif suffix == ".parquet":
@@ -101,7 +102,7 @@ def read_prompt_file(path: str | Path) -> list[str]:
     path = Path(path)
     if path.suffix.lower() == ".jsonl":
         prompts = []
-        for n, row in enumerate(_jsonl_rows(path), 1):
+        for n, row in enumerate(jsonl_rows(path), 1):
             field = next((f for f in PROMPT_FIELDS if isinstance(row.get(f), str)), None)
             if field is None:
                 raise LmforgeError(f"{path}: object {n} has no \"prompt\" or \"text\" string field")

@@ -2,7 +2,6 @@
 token samples [N, L]."""
 from __future__ import annotations
 
-import json
 import sys
 from importlib import resources
 from pathlib import Path
@@ -31,16 +30,12 @@ def read_calibration_text(path: str | Path | None, column: str = "text") -> str:
     except UnicodeDecodeError:
         raise LmforgeError(f"{path} is not UTF-8 text; convert it to UTF-8") from None
     if path.suffix.lower() in (".jsonl", ".json"):
+        from ..prompts import jsonl_rows
+
         texts = []
-        for n, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LmforgeError(f"{path}:{n}: not a JSON line ({e.msg})") from None
-            if not isinstance(row, dict) or column not in row:
-                raise LmforgeError(f"{path}:{n}: no {column!r} field; name the text field with --calib-column")
+        for n, row in enumerate(jsonl_rows(path), 1):
+            if column not in row:
+                raise LmforgeError(f"{path}, object {n}: no {column!r} field; name the text field with --calib-column")
             texts.append(str(row[column]))
         raw = "\n\n".join(texts)
     if not raw.strip():
