@@ -44,6 +44,7 @@ def cases(N: int, K: int, M: int):
     q8, s8 = formats.quantize_int8(w)
     s8_blocks = s8.half()[:, None].expand(N, K // 32).contiguous()  # Q8_0-sized scales
     yield "F.linear fp32", N * K * 4, lambda: F.linear(x, w)
+    yield "lmforge dense fp32", N * K * 4, lambda: kernels.dense_linear(x, w)
     yield "lmforge int8 (Q8_0)", N * K + N * K // 32 * 2, lambda: kernels.int8_linear(x, q8, s8_blocks)
     yield "lmforge int4 (Q4_1)", N * K // 2 + N * K // 32 * 4, lambda: kernels.int4_linear(x, qs, s4, m4)
     if K % 16 == 0:
