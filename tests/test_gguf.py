@@ -330,6 +330,18 @@ def test_truncated_gguf(tmp_path):
             LLM(str(bad))
 
 
+def test_native_blocks_of_the_wrong_size_are_one_clear_error(tmp_path):
+    from types import SimpleNamespace
+
+    from lmforge.io.gguf import repack
+
+    for nbytes in (37, 38):  # not two rows; two rows but not whole 18-byte Q4_0 blocks
+        t = SimpleNamespace(name="blk.0.attn_q.weight", shape=np.array([32, 2]), data=np.zeros(nbytes, np.uint8),
+                            tensor_type=Q.Q4_0)
+        with pytest.raises(LmforgeError, match="truncated or corrupt"):
+            repack(t, tmp_path / "x.gguf")
+
+
 def test_not_a_gguf_file(tmp_path):
     bad = tmp_path / "model.gguf"
     bad.write_text("this is not a model\n" * 20)

@@ -322,13 +322,12 @@ def repack(t, path: Path) -> tuple[torch.Tensor, ...]:
     from .. import kernels
 
     N, K = (int(n) for n in reversed(t.shape.tolist()))
-    with warnings.catch_warnings():  # the map is read-only; the repacked tensors are fresh copies
-        warnings.simplefilter("ignore", UserWarning)
-        raw = torch.from_numpy(np.asarray(t.data)).reshape(N, -1)
     kind = t.tensor_type.name
     fn = {"Q4_0": kernels.repack_gguf_q4_0, "Q4_1": kernels.repack_gguf_q4_1, "Q8_0": kernels.repack_gguf_q8_0}[kind]
     try:
-        return fn(raw)
+        with warnings.catch_warnings():  # the map is read-only; the repacked tensors are fresh copies
+            warnings.simplefilter("ignore", UserWarning)
+            return fn(torch.from_numpy(np.asarray(t.data)).reshape(N, -1))
     except (ValueError, RuntimeError):
         raise LmforgeError(f"{path}: tensor {t.name!r} ({kind}, shape {(N, K)}) has {t.data.nbytes} bytes of "
                            "blocks, not what its shape needs; the file is truncated or corrupt") from None
