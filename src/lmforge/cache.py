@@ -23,6 +23,11 @@ class StaticKVCache:
         cv.index_copy_(2, slots, v)
         return ck[:, :, :kv_len], cv[:, :, :kv_len]
 
+    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's key and value buffers [B, KV, max_len, hd] (contiguous), for kernels that write
+        the cache themselves (``kernels.attention_decode``)."""
+        return self.k[layer], self.v[layer]
+
     def first_rows(self, n: int) -> "StaticKVCache":
         """A cache over the first n rows that shares this one's storage (prefill one prompt, then
         `reorder` it out to every beam)."""

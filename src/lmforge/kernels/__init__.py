@@ -31,17 +31,21 @@ from .build import load_native
 from .repack import (repack_gguf_q4_0, repack_gguf_q4_1, repack_gguf_q8_0, repack_int4,
                      repack_int8)
 
-__all__ = ["backend", "dense_linear", "int4_linear", "int8_linear", "rms_norm", "repack_gguf_q4_0",
+__all__ = ["attention_decode", "backend", "dense_linear", "int4_linear", "int8_linear", "rms_norm", "repack_gguf_q4_0",
            "repack_gguf_q4_1", "repack_gguf_q8_0", "repack_int4", "repack_int8"]
 
 SCHEMAS = {
-    "int4_linear": "int4_linear(Tensor x, Tensor qs, Tensor scales, Tensor mins) -> Tensor",
-    "int8_linear": "int8_linear(Tensor x, Tensor q, Tensor scales) -> Tensor",
+    "int4_linear": "int4_linear(Tensor x, Tensor qs, Tensor scales, Tensor mins, int act_bits=32) -> Tensor",
+    "int8_linear": "int8_linear(Tensor x, Tensor q, Tensor scales, int act_bits=32) -> Tensor",
     "dense_linear": "dense_linear(Tensor x, Tensor weight) -> Tensor",
     "rms_norm": "rms_norm(Tensor x, Tensor weight, float eps) -> Tensor",
+    "attention_decode": "attention_decode(Tensor qkv, Tensor cos, Tensor sin, Tensor(a!) k_cache, "
+                        "Tensor(b!) v_cache, Tensor slots, Tensor mask, int n_heads, int n_kv_heads, float scale, "
+                        "bool interleaved) -> Tensor",
 }
 REFERENCE = {"int4_linear": reference.int4_linear, "int8_linear": reference.int8_linear,
-             "dense_linear": reference.dense_linear, "rms_norm": reference.rms_norm}
+             "dense_linear": reference.dense_linear, "rms_norm": reference.rms_norm,
+             "attention_decode": reference.attention_decode}
 DENSE_MAX_ROWS = 4  # dense_linear pays for decode-sized inputs; larger ones are ATen GEMM's job
 
 _backend: str | None = None  # "native" or "reference", once the ops are registered
@@ -54,6 +58,14 @@ def _fake_linear(x: torch.Tensor, weight: torch.Tensor, *_: torch.Tensor) -> tor
 
 def _fake_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.empty_like(x)
+
+
+def _fake_attention(qkv: torch.Tensor, *args) -> torch.Tensor:
+    n_heads = args[5]
+    return qkv.new_empty((qkv.shape[0], qkv.shape[1], n_heads * qkv.shape[3]))
+
+
+FAKES = {"rms_norm": _fake_norm, "attention_decode": _fake_attention}
 
 
 def _register() -> str:
@@ -70,8 +82,7 @@ def _register() -> str:
         for name in SCHEMAS:  # other devices (CUDA) run the reference
             lib.impl(name, REFERENCE[name], "CUDA")
     for name in SCHEMAS:
-        fake = _fake_norm if name == "rms_norm" else _fake_linear
-        torch.library.register_fake(f"lmforge::{name}", fake, lib=lib)
+        torch.library.register_fake(f"lmforge::{name}", FAKES.get(name, _fake_linear), lib=lib)
     return "native" if reason is None else "reference"
 
 
@@ -83,22 +94,38 @@ def backend() -> str:
     return _backend
 
 
-def int4_linear(x: torch.Tensor, qs: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
-    """x [..., K] @ W.T -> [..., N] for the int4 layout (W = q * scales + mins per group)."""
+def int4_linear(x: torch.Tensor, qs: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor,
+                act_bits: int = 32) -> torch.Tensor:
+    """x [..., K] @ W.T -> [..., N] for the int4 layout (W = q * scales + mins per group); act_bits 16 or
+    8 round decode-sized x per 32 values first (``reference.round_activations``)."""
     backend()
-    return torch.ops.lmforge.int4_linear(x, qs, scales, mins)
+    return torch.ops.lmforge.int4_linear(x, qs, scales, mins, act_bits)
 
 
-def int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """x [..., K] @ W.T -> [..., N] for the int8 layout (W = q * scales per group)."""
+def int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, act_bits: int = 32) -> torch.Tensor:
+    """x [..., K] @ W.T -> [..., N] for the int8 layout (W = q * scales per group); act_bits as for int4."""
     backend()
-    return torch.ops.lmforge.int8_linear(x, q, scales)
+    return torch.ops.lmforge.int8_linear(x, q, scales, act_bits)
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x [..., K] @ weight.T -> [..., N] (in x's dtype) for a dense weight; meant for decode steps."""
     backend()
     return torch.ops.lmforge.dense_linear(x, weight)
+
+
+DECODE_ATTENTION_MAX_TOKENS = 8  # attention_decode pays for a few new tokens; prefill is SDPA's job
+
+
+def attention_decode(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
+                     v_cache: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor, n_heads: int,
+                     n_kv_heads: int, scale: float, interleaved: bool) -> torch.Tensor:
+    """One decode step's attention for a layer: rope q and k (cos/sin [B, S, 1, rd], or empty tensors
+    for none), write k and v into the layer's caches [B, KV, Lmax, hd] at ``slots``, and attend over
+    the first L slots under ``mask`` [B, 1, S, L]; qkv [B, S, H + 2 KV, hd] -> [B, S, H * hd] (fp32)."""
+    backend()
+    return torch.ops.lmforge.attention_decode(qkv, cos, sin, k_cache, v_cache, slots, mask, n_heads, n_kv_heads,
+                                              scale, interleaved)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

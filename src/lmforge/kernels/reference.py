@@ -40,14 +40,47 @@ def dequantize_int8_blocks(q: torch.Tensor, scales: torch.Tensor) -> torch.Tenso
     return q.float() * _per_column(scales, q.shape[1])
 
 
-def int4_linear(x: torch.Tensor, qs: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
-    # x: [..., K] -> [..., N]
-    return F.linear(x.float(), dequantize_int4_blocks(qs, scales, mins).to(x.device)).to(x.dtype)
+GEMM_MIN_ROWS = 32  # from this many rows of x on, the kernels multiply with the fp32 activation
 
 
-def int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+def round_activations(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """x [..., K] fp32 as the kernels with act_bits = bits see it: per block of 32 values, codes
+    a = round(x / d) with d = max|x| / 127; with 16 bits also the rest, b = round((x / d - a) * 254),
+    so x ~ d * (a + b / 254). Returns the rounded values (fp32)."""
+    blocks = x.float().unflatten(-1, (-1, QK))
+    amax = blocks.abs().amax(-1, keepdim=True)
+    # a true division, as the kernels do (a Python scalar over a tensor may be taken as a reciprocal)
+    inv = torch.where(amax > 0, torch.full_like(amax, 127.0).div(amax), torch.zeros_like(amax))
+    t = blocks * inv
+    a = torch.round(t)
+    codes = a
+    if bits == 16:
+        codes = a + torch.round((t - a) * 254.0) / 254.0
+    return (codes * (amax / 127.0)).flatten(-2)
+
+
+def _activations(x: torch.Tensor, act_bits: int) -> torch.Tensor:
+    if act_bits not in (32, 16, 8):
+        raise ValueError(f"act_bits must be 32, 16 or 8, got {act_bits}")
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if act_bits == 32 or rows >= GEMM_MIN_ROWS:
+        return x.float()
+    return round_activations(x, act_bits)
+
+
+def int4_linear(x: torch.Tensor, qs: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor,
+                act_bits: int = 32) -> torch.Tensor:
+    # x: [..., K] -> [..., N]. The mins multiply the exact block sums of x, so only q * scale sees the
+    # rounded activation.
+    w = dequantize_int4_blocks(qs, scales, torch.zeros_like(mins)).to(x.device)
+    xr = _activations(x, act_bits)
+    mins_part = F.linear(x.float(), _per_column(mins, w.shape[1]).to(x.device))
+    return (F.linear(xr, w) + mins_part).to(x.dtype)
+
+
+def int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, act_bits: int = 32) -> torch.Tensor:
     # x: [..., K] -> [..., N]
-    return F.linear(x.float(), dequantize_int8_blocks(q, scales).to(x.device)).to(x.dtype)
+    return F.linear(_activations(x, act_bits), dequantize_int8_blocks(q, scales).to(x.device)).to(x.dtype)
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -57,3 +90,32 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def attention_decode(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
+                     v_cache: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor, n_heads: int, n_kv_heads: int,
+                     scale: float, interleaved: bool) -> torch.Tensor:
+    """Rope q and k, write k and v into the caches at ``slots``, attend over the first L slots.
+    qkv [B, S, H + 2 KV, hd]; cos, sin [B, S, 1, rd] (or empty); caches [B, KV, Lmax, hd]; mask bool
+    [B, 1, S, L] -> [B, S, H * hd]. A query with nothing to attend to gets zeros."""
+    B, S, _, hd = qkv.shape
+    H, KV = n_heads, n_kv_heads
+    qk, v = qkv[:, :, :H + KV], qkv[:, :, H + KV:]
+    if cos.numel():
+        rd = cos.shape[-1]
+        rot = qk[..., :rd]
+        if interleaved:
+            partner = rot.unflatten(-1, (rd // 2, 2)).flip(-1).flatten(-2)
+        else:
+            partner = rot.unflatten(-1, (2, rd // 2)).flip(-2).flatten(-2)
+        qk = torch.cat((rot * cos + partner * sin, qk[..., rd:]), dim=-1)
+    k_cache.index_copy_(2, slots, qk[:, :, H:].transpose(1, 2))
+    v_cache.index_copy_(2, slots, v.transpose(1, 2))
+    L = mask.shape[-1]
+    q = qk[:, :, :H].transpose(1, 2)                                   # [B, H, S, hd]
+    k = k_cache[:, :, :L].repeat_interleave(H // KV, dim=1)           # [B, H, L, hd]
+    vv = v_cache[:, :, :L].repeat_interleave(H // KV, dim=1)
+    scores = (q @ k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    return (p @ vv).transpose(1, 2).reshape(B, S, H * hd)

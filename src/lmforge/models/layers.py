@@ -148,6 +148,13 @@ class Attention(nn.Module):
         self.q_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
         self.k_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
 
+    def fused_decode(self, qkv: torch.Tensor, bias_or_mask: torch.Tensor, cache) -> bool:
+        """Whether this step goes to kernels.attention_decode: a few new fp32 tokens on the CPU, a
+        boolean mask (not ALiBi), a static cache, no q/k norms."""
+        return (qkv.shape[1] <= kernels.DECODE_ATTENTION_MAX_TOKENS and qkv.device.type == "cpu"
+                and qkv.dtype == torch.float32 and bias_or_mask.dtype == torch.bool and self.q_norm is None
+                and hasattr(cache, "layer") and cache.k.dtype == torch.float32 and kernels.backend() == "native")
+
     def forward(self, x, rope, interleaved, bias_or_mask, cache, slots, kv_len):
         # x: [B, S, D]
         B, S, _ = x.shape
@@ -156,6 +163,11 @@ class Attention(nn.Module):
         if self.clip is not None:
             qkv = qkv.clamp(-self.clip, self.clip)
         qkv = qkv.view(B, S, H + 2 * KV, self.hd)
+        if self.fused_decode(qkv, bias_or_mask, cache):  # rope, cache write and attention in one op
+            cos, sin = rope if rope is not None else (qkv.new_empty(0), qkv.new_empty(0))
+            y = kernels.attention_decode(qkv, cos, sin, *cache.layer(self.layer), slots, bias_or_mask,
+                                         H, KV, self.scale, interleaved)
+            return self.wo(y)
         qk, v = qkv[:, :, :H + KV], qkv[:, :, H + KV:]             # [B, S, H + KV, hd], [B, S, KV, hd]
         if self.q_norm is not None:
             qk = torch.cat((self.q_norm(qk[:, :, :H]), self.k_norm(qk[:, :, H:])), dim=2)

@@ -30,9 +30,15 @@ def native_kernels(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and kernels.backend() == "native"
 
 
+ACT_BITS = (32, 16, 8)
+
+
 class QuantLinear(nn.Module):
     format: str = ""
     weight_names: tuple[str, ...] = ()
+    # How the native CPU kernels take decode-sized activations (int8/int4/q4/q8 formats): 32 = fp32,
+    # 16 / 8 = rounded per 32 values to two int8 planes / one (see lmforge.kernels); set_activation_bits.
+    act_bits: int = 32
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False,
                  input_scale: bool = False, perm: bool = False):
@@ -124,7 +130,7 @@ class Int8Linear(QuantLinear):
 
     def matmul(self, x):
         if native_kernels(x) and self.in_features % kernels.reference.QK == 0:
-            return kernels.int8_linear(x, self.qweight, self.scales[:, None])
+            return kernels.int8_linear(x, self.qweight, self.scales[:, None], self.act_bits)
         return formats.int8_matmul(x, self.qweight, self.scales)
 
 
@@ -162,7 +168,7 @@ class Int4Linear(QuantLinear):
         if native_kernels(x) and self.group_size % kernels.reference.QK == 0:
             if self._blocks is None:  # the kernels' block layout, made once
                 self._blocks = kernels.repack_int4(self.qweight, self.scales, self.zeros)
-            return kernels.int4_linear(x, *self._blocks)
+            return kernels.int4_linear(x, *self._blocks, self.act_bits)
         if x.dtype == torch.bfloat16 and x.device.type == "cpu" and self._kernel is None:
             self._kernel = formats.int4_kernel_pack(self.qweight, self.scales, self.zeros) or ()
         return formats.int4_matmul(x, self.qweight, self.scales, self.zeros, self._kernel or None)
@@ -249,7 +255,7 @@ class BlockInt4Linear(QuantLinear):
         return kernels.reference.dequantize_int4_blocks(self.qs, self.scales, self.mins)
 
     def matmul(self, x):
-        return kernels.int4_linear(x, self.qs, self.scales, self.mins)
+        return kernels.int4_linear(x, self.qs, self.scales, self.mins, self.act_bits)
 
 
 class BlockInt8Linear(QuantLinear):
@@ -272,7 +278,7 @@ class BlockInt8Linear(QuantLinear):
         return kernels.reference.dequantize_int8_blocks(self.q, self.scales)
 
     def matmul(self, x):
-        return kernels.int8_linear(x, self.q, self.scales)
+        return kernels.int8_linear(x, self.q, self.scales, self.act_bits)
 
 
 BLOCK_FORMATS = (BlockInt4Linear, BlockInt8Linear)
@@ -318,6 +324,19 @@ FORMATS: dict[str, type[QuantLinear]] = {c.format: c for c in (Int8Linear, Int4L
 
 
 # ------------------------------------------------------------------------------ model surgery
+
+def set_activation_bits(model: nn.Module, bits: int) -> int:
+    """Make every quantized Linear of the model (the tied block head included) take decode-sized
+    activations at ``bits`` (32, 16 or 8) in the native kernels; returns how many modules it set."""
+    if bits not in ACT_BITS:
+        raise LmforgeError(f"activation bits must be one of {', '.join(map(str, ACT_BITS))}, got {bits}")
+    n = 0
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m.act_bits = bits
+            n += 1
+    return n
+
 
 def decoder_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of every Linear inside the decoder layers, e.g. ``layers.0.attn.wqkv``.

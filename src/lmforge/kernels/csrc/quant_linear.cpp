@@ -218,14 +218,23 @@ at::Tensor run(const at::Tensor& x, const Rows& w, int64_t N, int64_t bytes_per_
   return y.view(shape).to(x.scalar_type());
 }
 
-at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
-                       const at::Tensor& mins) {
+void check_int4(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales, const at::Tensor& mins) {
   TORCH_CHECK(qs.dim() == 2 && qs.scalar_type() == at::kByte && qs.is_contiguous(),
               "int4_linear: qs must be a contiguous uint8 [N, K/2] tensor");
-  const int64_t N = qs.size(0), K = qs.size(1) * 2;
-  check_common(x, scales, N, K, "int4_linear");
+  check_common(x, scales, qs.size(0), qs.size(1) * 2, "int4_linear");
   TORCH_CHECK(mins.sizes() == scales.sizes() && mins.scalar_type() == scales.scalar_type(),
               "int4_linear: mins must match scales in shape and dtype");
+}
+
+void check_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales) {
+  TORCH_CHECK(q.dim() == 2 && q.scalar_type() == at::kChar && q.is_contiguous(),
+              "int8_linear: q must be a contiguous int8 [N, K] tensor");
+  check_common(x, scales, q.size(0), q.size(1), "int8_linear");
+}
+
+at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
+                       const at::Tensor& mins) {
+  const int64_t N = qs.size(0), K = qs.size(1) * 2;
   const at::Tensor s = scales.contiguous(), m = mins.contiguous();
   const int64_t G = s.size(1);
   if (s.scalar_type() == at::kHalf) {
@@ -236,10 +245,7 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& qs, const at::Tens
 }
 
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales) {
-  TORCH_CHECK(q.dim() == 2 && q.scalar_type() == at::kChar && q.is_contiguous(),
-              "int8_linear: q must be a contiguous int8 [N, K] tensor");
   const int64_t N = q.size(0), K = q.size(1);
-  check_common(x, scales, N, K, "int8_linear");
   const at::Tensor s = scales.contiguous();
   const int64_t G = s.size(1);
   if (s.scalar_type() == at::kHalf) {
@@ -250,12 +256,42 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tenso
 
 }  // namespace
 
+namespace lmforge {  // quant_act_linear.cpp: the same products with integer-rounded activations
+at::Tensor int4_linear_qact(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
+                            const at::Tensor& mins, int64_t bits);
+at::Tensor int8_linear_qact(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, int64_t bits);
+}  // namespace lmforge
+
+namespace {
+
+// act_bits: 32 multiplies with the fp32 activation; 8 or 16 round it per block first (decode-sized
+// inputs only: from GEMM_MIN_ROWS rows on the dequantized GEMM is both exact and fast).
+bool rounded_activations(const at::Tensor& x, int64_t act_bits, const char* op) {
+  TORCH_CHECK(act_bits == 32 || act_bits == 16 || act_bits == 8, op, ": act_bits must be 32, 16 or 8, got ", act_bits);
+  return act_bits != 32 && x.numel() / x.size(-1) < GEMM_MIN_ROWS;
+}
+
+at::Tensor int4_linear_op(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
+                          const at::Tensor& mins, int64_t act_bits) {
+  check_int4(x, qs, scales, mins);
+  if (!rounded_activations(x, act_bits, "int4_linear")) return int4_linear(x, qs, scales, mins);
+  return lmforge::int4_linear_qact(x, qs, scales.contiguous(), mins.contiguous(), act_bits);
+}
+
+at::Tensor int8_linear_op(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, int64_t act_bits) {
+  check_int8(x, q, scales);
+  if (!rounded_activations(x, act_bits, "int8_linear")) return int8_linear(x, q, scales);
+  return lmforge::int8_linear_qact(x, q, scales.contiguous(), act_bits);
+}
+
+}  // namespace
+
 TORCH_LIBRARY_FRAGMENT(lmforge, m) {
-  m.def("int4_linear(Tensor x, Tensor qs, Tensor scales, Tensor mins) -> Tensor");
-  m.def("int8_linear(Tensor x, Tensor q, Tensor scales) -> Tensor");
+  m.def("int4_linear(Tensor x, Tensor qs, Tensor scales, Tensor mins, int act_bits=32) -> Tensor");
+  m.def("int8_linear(Tensor x, Tensor q, Tensor scales, int act_bits=32) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmforge, CPU, m) {
-  m.impl("int4_linear", &int4_linear);
-  m.impl("int8_linear", &int8_linear);
+  m.impl("int4_linear", &int4_linear_op);
+  m.impl("int8_linear", &int8_linear_op);
 }

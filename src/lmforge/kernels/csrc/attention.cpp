@@ -1,0 +1,171 @@
+// Attention for decode steps on the CPU, in one call per layer: rotary embedding of q and k, the write of
+// k and v into the static KV cache, and softmax(q k^T * scale + mask) v over the cached keys.
+// For a handful of new tokens this replaces ~20 small ATen ops (split, rope, cache index_copy,
+// transposes, the SDPA call and its mask conversion), whose fixed costs dominate a small model's step.
+//
+//   qkv      fp32 [B, S, H + 2 KV, hd]   the fused projection's output (q heads, then k, then v)
+//   cos, sin fp32 [B, S, 1, rd] or empty  rope tables (sin signed, see models/layers.rope_cos_sin);
+//                                         the first rd channels rotate, pairs (i, i + rd/2) or (2i, 2i+1)
+//   k_cache, v_cache fp32 [B, KV, Lmax, hd]  written at slots [S] (int64)
+//   mask     bool [B, 1, S, L]            which of the first L cache slots each new token attends to
+// returns  fp32 [B, S, H * hd]           (the input of the output projection)
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+  float s = hsum(acc);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+inline void axpy(float p, const float* x, float* y, int64_t n) {  // y += p * x
+  const __m256 pv = _mm256_set1_ps(p);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(pv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += p * x[i];
+}
+
+// dst = src rotated: channel i < rd becomes src[i] * cos[i] + src[partner(i)] * sin[i]; the rest is copied.
+void rotate(const float* src, float* dst, const float* cs, const float* sn, int64_t rd, int64_t hd, bool interleaved) {
+  const int64_t half = rd / 2;
+  for (int64_t i = 0; i < rd; ++i) {
+    const int64_t partner = interleaved ? (i ^ 1) : (i < half ? i + half : i - half);
+    dst[i] = src[i] * cs[i] + src[partner] * sn[i];
+  }
+  std::copy(src + rd, src + hd, dst + rd);
+}
+
+at::Tensor attention_decode(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, at::Tensor k_cache,
+                            at::Tensor v_cache, const at::Tensor& slots, const at::Tensor& mask, int64_t H,
+                            int64_t KV, double scale, bool interleaved) {
+  TORCH_CHECK(qkv.dim() == 4 && qkv.scalar_type() == at::kFloat && qkv.is_contiguous(),
+              "attention_decode: qkv must be a contiguous float32 [B, S, H + 2 KV, hd] tensor");
+  const int64_t B = qkv.size(0), S = qkv.size(1), hd = qkv.size(3);
+  TORCH_CHECK(H > 0 && KV > 0 && H % KV == 0 && qkv.size(2) == H + 2 * KV,
+              "attention_decode: qkv has ", qkv.size(2), " heads, expected H + 2 KV = ", H + 2 * KV);
+  for (const at::Tensor* c : {&k_cache, &v_cache}) {
+    TORCH_CHECK(c->dim() == 4 && c->scalar_type() == at::kFloat && c->is_contiguous() && c->size(0) == B &&
+                    c->size(1) == KV && c->size(3) == hd,
+                "attention_decode: the caches must be contiguous float32 [B, KV, Lmax, hd]");
+  }
+  const int64_t Lmax = k_cache.size(2);
+  TORCH_CHECK(slots.dim() == 1 && slots.size(0) == S && slots.scalar_type() == at::kLong,
+              "attention_decode: slots must be int64 [S]");
+  TORCH_CHECK(mask.dim() == 4 && mask.scalar_type() == at::kBool && mask.size(0) == B && mask.size(1) == 1 &&
+                  mask.size(2) == S && mask.size(3) <= Lmax,
+              "attention_decode: mask must be bool [B, 1, S, L] with L <= the cache length");
+  const int64_t L = mask.size(3);
+  const int64_t rd = cos.numel() ? cos.size(-1) : 0;
+  if (rd) {
+    TORCH_CHECK(cos.sizes() == sin.sizes() && cos.dim() == 4 && cos.size(0) == B && cos.size(1) == S &&
+                    cos.size(2) == 1 && rd <= hd && rd % 2 == 0 && cos.scalar_type() == at::kFloat &&
+                    sin.scalar_type() == at::kFloat,
+                "attention_decode: cos and sin must be float32 [B, S, 1, rd] with an even rd <= hd");
+  }
+  const at::Tensor cs = rd ? cos.contiguous() : cos, sn = rd ? sin.contiguous() : sin;
+  const at::Tensor slot_t = slots.contiguous();
+  const int64_t* slot = slot_t.data_ptr<int64_t>();
+  for (int64_t s = 0; s < S; ++s) {
+    TORCH_CHECK(slot[s] >= 0 && slot[s] < Lmax, "attention_decode: slot ", slot[s], " is outside the cache");
+  }
+  const float* x = qkv.data_ptr<float>();
+  float* kc = k_cache.data_ptr<float>();
+  float* vc = v_cache.data_ptr<float>();
+  const bool* mk = mask.data_ptr<bool>();
+  const int64_t ms0 = mask.stride(0), ms2 = mask.stride(2), ms3 = mask.stride(3);
+  const int64_t heads = H + 2 * KV;
+  auto rope_at = [&](int64_t b, int64_t s, const float** c, const float** n) {
+    *c = rd ? cs.data_ptr<float>() + (b * S + s) * rd : nullptr;
+    *n = rd ? sn.data_ptr<float>() + (b * S + s) * rd : nullptr;
+  };
+
+  // 1. the new keys (rotated) and values into the cache
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t s = 0; s < S; ++s) {
+      const float *c, *n;
+      rope_at(b, s, &c, &n);
+      for (int64_t j = 0; j < KV; ++j) {
+        const float* k = x + ((b * S + s) * heads + H + j) * hd;
+        float* kd = kc + ((b * KV + j) * Lmax + slot[s]) * hd;
+        if (rd) {
+          rotate(k, kd, c, n, rd, hd, interleaved);
+        } else {
+          std::copy(k, k + hd, kd);
+        }
+        std::copy(k + KV * hd, k + KV * hd + hd, vc + ((b * KV + j) * Lmax + slot[s]) * hd);
+      }
+    }
+  }
+
+  // 2. every query head against the cache
+  at::Tensor out = at::empty({B, S, H * hd}, qkv.options());
+  float* o = out.data_ptr<float>();
+  const int64_t group = H / KV;
+  const float sc = static_cast<float>(scale);
+  at::parallel_for(0, B * H, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> q(hd), p(L);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / H, h = t % H, j = h / group;
+      const float* kb = kc + (b * KV + j) * Lmax * hd;
+      const float* vb = vc + (b * KV + j) * Lmax * hd;
+      for (int64_t s = 0; s < S; ++s) {
+        const float* qs = x + ((b * S + s) * heads + h) * hd;
+        const float *c, *n;
+        rope_at(b, s, &c, &n);
+        if (rd) {
+          rotate(qs, q.data(), c, n, rd, hd, interleaved);
+        } else {
+          std::copy(qs, qs + hd, q.begin());
+        }
+        const bool* mrow = mk + b * ms0 + s * ms2;
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t l = 0; l < L; ++l) {
+          p[l] = mrow[l * ms3] ? dot(q.data(), kb + l * hd, hd) * sc : -std::numeric_limits<float>::infinity();
+          mx = std::max(mx, p[l]);
+        }
+        float* os = o + (b * S + s) * H * hd + h * hd;
+        std::fill(os, os + hd, 0.f);
+        if (mx == -std::numeric_limits<float>::infinity()) continue;  // nothing to attend to: zeros
+        float total = 0.f;
+        for (int64_t l = 0; l < L; ++l) {
+          p[l] = std::exp(p[l] - mx);
+          total += p[l];
+        }
+        const float inv = 1.f / total;
+        for (int64_t l = 0; l < L; ++l) {
+          if (p[l] != 0.f) axpy(p[l] * inv, vb + l * hd, os, hd);
+        }
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(lmforge, m) {
+  m.def("attention_decode(Tensor qkv, Tensor cos, Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, "
+        "Tensor slots, Tensor mask, int n_heads, int n_kv_heads, float scale, bool interleaved) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(lmforge, CPU, m) { m.impl("attention_decode", &attention_decode); }
