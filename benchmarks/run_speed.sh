@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The speed runs behind the "Speed" section of benchmarks/RESULTS.md (batch-1 decode targets): the
+# default model's Q4_1 blocks with each activation mode (--act-bits 32 / 16 / 8) beside llama.cpp, the
 # default model in fp32 (dequantized) and int8 (RTN at load), and a TinyLlama-1.1B-shaped random GGUF
 # in Q4_0 and F32, each beside llama.cpp (llama-cpp-python, when installed) on the same file.
-# The default model's Q4_1 rows come from run_standard.sh. Run on an otherwise idle machine.
+# Run on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p benchmarks/results
@@ -10,12 +11,22 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 tmp=${TMPDIR:-/tmp}
 common=(--max-new-tokens 64 --num-iter 3 --num-warmup 1 --greedy --seed 0 --threads 2)
 
+lmforge bench -m smollm2-135m-instruct -p 32 512 "${common[@]}" --compare llamacpp \
+  --output-json "benchmarks/results/speed-${stamp}-q4_1-act16.json" | tee "benchmarks/results/speed-${stamp}-q4_1-act16.md"
+for bits in 32 8; do
+  lmforge bench -m smollm2-135m-instruct -p 32 512 --act-bits "$bits" "${common[@]}" \
+    --output-json "benchmarks/results/speed-${stamp}-q4_1-act${bits}.json" \
+    | tee "benchmarks/results/speed-${stamp}-q4_1-act${bits}.md"
+done
+lmforge bench -m smollm2-135m-instruct --quantize int8 --act-bits 8 -p 32 "${common[@]}" \
+  --output-json "benchmarks/results/speed-${stamp}-int8-act8.json" | tee "benchmarks/results/speed-${stamp}-int8-act8.md"
+
 lmforge bench -m smollm2-135m-instruct --dequantize -p 32 "${common[@]}" \
   --output-json "benchmarks/results/speed-${stamp}-fp32.json" | tee "benchmarks/results/speed-${stamp}-fp32.md"
 lmforge bench -m smollm2-135m-instruct --quantize int8 -p 32 "${common[@]}" \
   --output-json "benchmarks/results/speed-${stamp}-int8.json" | tee "benchmarks/results/speed-${stamp}-int8.md"
 
-for type in Q4_0 F32; do
+for type in Q4_0 F32; do  # Q4_0 with the default --act-bits 16
   model="$tmp/tinyllama-1.1b-random-${type}.gguf"
   [ -f "$model" ] || python benchmarks/make_tinyllama_gguf.py --type "$type" --out "$model"
   lmforge bench -m "$model" --random-prompt -p 32 --max-new-tokens 32 --num-iter 2 --num-warmup 1 --greedy \

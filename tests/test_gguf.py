@@ -193,7 +193,7 @@ def test_native_blocks_match_their_definition(qtype, kind, tmp_path):
 
     path = write_gguf(tiny(kind), tmp_path / f"{kind}-{qtype.name}.gguf", arch="qwen2" if kind == "qwen2" else "llama",
                       qtype=qtype)
-    native, floats = LLM(str(path)), LLM(str(path), dequantize=True)
+    native, floats = LLM(str(path), act_bits=32), LLM(str(path), dequantize=True)  # fp32 activations: exact
     linears = [m for layer in native.model.layers for m in (layer.attn.wqkv, layer.attn.wo, layer.mlp.w_in,
                                                             layer.mlp.w_out)]
     assert all(isinstance(m, BLOCK_FORMATS) for m in linears)
@@ -267,6 +267,43 @@ def test_default_model_runs_natively_and_answers(smollm2_native):
     assert isinstance(llm.model.layers[0].mlp.w_in, BlockInt4Linear)
     assert llm.chat([{"role": "user", "content": "What is the capital of France?"}],
                     max_new_tokens=32) == "The capital of France is Paris."
+
+
+def decode_logits(llm, x, start):
+    """Logits of every position from `start` on, one cached decode step per token (teacher forcing)."""
+    from lmforge.generation.engine import Prompts
+
+    eng, n = llm.engine, x.shape[1]
+    prompt = Prompts.pad([x[0, :start].tolist()], 0, eng.device)
+    cache = eng.new_cache(1, n)
+    batch, key_valid, pos = eng.prefill_batch(prompt, n)
+    out = [eng.forward(prompt.tokens, batch, cache, True)[0, -1]]
+    for i in range(start, n - 1):
+        out.append(eng.forward(x[:, i:i + 1], eng.decode_batch(i, key_valid, pos), cache, True)[0, -1])
+    return torch.stack(out)  # [n - start, V]: predictions for tokens start .. n - 1
+
+
+def test_decode_activation_rounding_on_the_default_model(smollm2_native):
+    """act_bits 16 (the default) keeps decode logits within a few hundredths of fp32 activations and
+    every top-1 token; 8 (llama.cpp's rounding) moves them more but keeps the loss within a percent."""
+    from lmforge.quant.linear import set_activation_bits
+
+    llm = smollm2_native
+    x = wikitext_ids(llm.tokenizer, 96)
+    target = x[0, 8:]
+    try:
+        runs = {}
+        for bits in (32, 16, 8):
+            set_activation_bits(llm.model, bits)
+            runs[bits] = decode_logits(llm, x, 8)
+    finally:
+        set_activation_bits(llm.model, 16)
+    loss = {b: torch.nn.functional.cross_entropy(lg, target).item() for b, lg in runs.items()}
+    print(f"decode loss act32 {loss[32]:.5f} act16 {loss[16]:.5f} act8 {loss[8]:.5f}; "
+          f"max |dlogit| act16 {(runs[16] - runs[32]).abs().max():.4f} act8 {(runs[8] - runs[32]).abs().max():.4f}")
+    assert (runs[16] - runs[32]).abs().max() < 0.1
+    assert torch.equal(runs[16].argmax(-1), runs[32].argmax(-1))
+    assert abs(loss[8] / loss[32] - 1) < 0.01
 
 
 def test_native_perplexity_is_within_a_percent_of_the_float_weights(smollm2, smollm2_native):

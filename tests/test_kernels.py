@@ -89,6 +89,100 @@ def test_rejects_bad_shapes(native):
         kernels.int8_linear(torch.randn(1, 48), torch.zeros(8, 48, dtype=torch.int8), torch.ones(8, 3))
 
 
+# ------------------------------------------------------------------------ rounded activations
+
+@pytest.mark.parametrize("bits", [16, 8])
+@pytest.mark.parametrize("M,N,K", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_rounded_activation_linears_match_reference(native, bits, M, N, K, dtype):
+    """act_bits 16 / 8: the kernels' integer products equal the reference's rounding of x; from 32 rows
+    on they are the exact fp32 product."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(M, K, generator=g) * torch.rand(1, K, generator=g) * 3  # uneven block ranges
+    q8 = torch.randint(-128, 128, (N, K), dtype=torch.int8, generator=g)
+    for group in (g for g in (32, 64, K) if K % g == 0):
+        weights = random_int4(N, K, group, dtype)
+        y, ref = kernels.int4_linear(x, *weights, bits), reference.int4_linear(x, *weights, act_bits=bits)
+        assert_matches_reference(y, ref)
+        scales = (torch.rand(N, K // group, generator=g) * 0.01).to(dtype)
+        assert_matches_reference(kernels.int8_linear(x, q8, scales, bits),
+                                 reference.int8_linear(x, q8, scales, act_bits=bits))
+        if M >= reference.GEMM_MIN_ROWS:
+            assert_matches_reference(y, reference.int4_linear(x, *weights))
+
+
+def test_round_activations_error_bounds():
+    x = torch.randn(3, 256, generator=torch.Generator().manual_seed(7)) * torch.logspace(-3, 2, 256)
+    blocks_max = x.unflatten(-1, (-1, 32)).abs().amax(-1, keepdim=True)
+    for bits, bound in ((8, 0.5 / 127), (16, 0.5 / 127 / 254)):
+        err = (reference.round_activations(x, bits) - x).unflatten(-1, (-1, 32)).abs()
+        assert (err <= blocks_max * bound * 1.01).all()  # 1%: the fp32 rounding of the result
+    assert torch.equal(reference.round_activations(torch.zeros(1, 32), 16), torch.zeros(1, 32))
+
+
+def test_rounded_activations_near_exact(native):
+    """16 bits: within ~1e-4 (relative) of the fp32 product; 8 bits: within ~1e-2."""
+    qs, s, m = random_int4(64, 576, 32, torch.float16)
+    x = torch.randn(1, 576, generator=torch.Generator().manual_seed(5))
+    exact = reference.int4_linear(x, qs, s, m)
+    scale = exact.abs().max().item()
+    assert (kernels.int4_linear(x, qs, s, m, 16) - exact).abs().max().item() < 1e-4 * scale
+    assert (kernels.int4_linear(x, qs, s, m, 8) - exact).abs().max().item() < 2e-2 * scale
+
+
+def test_rejects_bad_activation_bits(native):
+    qs, s, m = random_int4(8, 64, 32, torch.float16)
+    with pytest.raises(RuntimeError, match="act_bits"):
+        kernels.int4_linear(torch.randn(1, 64), qs, s, m, 4)
+    with pytest.raises(ValueError, match="act_bits"):
+        reference.int4_linear(torch.randn(1, 64), qs, s, m, act_bits=4)
+
+
+def test_silu_mul_matches_reference(native):
+    h = torch.randn(3, 5, 2 * 45, generator=torch.Generator().manual_seed(8)) * 6  # n not a multiple of 8
+    h[0, 0, :4] = torch.tensor([-100.0, 100.0, 0.0, -0.0])  # the clamped ends and zero
+    torch.testing.assert_close(kernels.silu_mul(h), reference.silu_mul(h), rtol=2e-6, atol=1e-6)
+    with pytest.raises(RuntimeError, match="even"):
+        kernels.silu_mul(torch.randn(2, 7))
+
+
+# -------------------------------------------------------------------------- decode attention
+
+@pytest.mark.parametrize("B,S,H,KV,hd,rd,L,interleaved", [
+    (1, 1, 9, 3, 64, 64, 37, False),   # GQA, full rotary (SmolLM2)
+    (2, 3, 4, 4, 16, 8, 10, True),     # partial, interleaved rotary (GPT-J), several new tokens
+    (3, 2, 8, 2, 20, 0, 7, False),     # no rope (ALiBi-free learned positions), hd not a multiple of 8
+])
+def test_attention_decode_matches_reference(native, B, S, H, KV, hd, rd, L, interleaved):
+    g = torch.Generator().manual_seed(6)
+    qkv = torch.randn(B, S, H + 2 * KV, hd, generator=g)
+    if rd:
+        f = torch.randn(B, S, 1, rd // 2, generator=g)
+        cos, sin = torch.cat((f.cos(), f.cos()), -1), torch.cat((-f.sin(), f.sin()), -1)
+    else:
+        cos = sin = torch.empty(0)
+    k, v = torch.randn(B, KV, L + 4, hd, generator=g), torch.randn(B, KV, L + 4, hd, generator=g)
+    k2, v2 = k.clone(), v.clone()
+    slots = torch.arange(L - S, L)
+    mask = torch.rand(B, 1, S, L, generator=g) > 0.3
+    mask[..., -1] = True
+    y = kernels.attention_decode(qkv, cos, sin, k, v, slots, mask, H, KV, 0.125, interleaved)
+    ref = reference.attention_decode(qkv, cos, sin, k2, v2, slots, mask, H, KV, 0.125, interleaved)
+    assert y.shape == (B, S, H * hd)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(k, k2) and torch.equal(v, v2)  # the caches were written the same way
+
+
+def test_attention_decode_rejects_bad_input(native):
+    qkv = torch.randn(1, 1, 5, 16)
+    k = v = torch.zeros(1, 1, 8, 16)
+    mask = torch.ones(1, 1, 1, 4, dtype=torch.bool)
+    with pytest.raises(RuntimeError, match="heads"):
+        kernels.attention_decode(qkv, torch.empty(0), torch.empty(0), k, v, torch.tensor([3]), mask, 4, 2, 1.0, False)
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        kernels.attention_decode(qkv, torch.empty(0), torch.empty(0), k, v, torch.tensor([8]), mask, 3, 1, 1.0, False)
+
+
 # ------------------------------------------------------------------------------------- repack
 
 def test_int4_block_pack_round_trip():

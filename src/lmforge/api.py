@@ -11,6 +11,7 @@ from .errors import LmforgeError
 from .generation.engine import Engine
 from .generation.sampling import GenerationConfig
 from .loader import load, parse_device, parse_dtype
+from .quant.linear import DEFAULT_ACT_BITS, set_activation_bits
 from .tokenizer import IncrementalDecoder
 
 
@@ -23,13 +24,18 @@ class LLM:
 
     def __init__(self, model: str | Path | None = None, dtype: str | torch.dtype = "float32",
                  device: str | torch.device = "cpu", threads: int | None = None, quantize=None,
-                 adapters=None, merge_adapters: bool = True, dequantize: bool = False):
+                 adapters=None, merge_adapters: bool = True, dequantize: bool = False,
+                 act_bits: int = DEFAULT_ACT_BITS):
         """quantize: RTN at load time, "int8" | "int4" | "int4-g128" | "int4-g64-asym" | "fp8" (see
         lmforge.quant.parse_quantize); a folder written by `lmforge quantize` needs nothing.
         adapters: PEFT LoRA folder(s) (a path, a list, or {name: path}); merged into the weights
         (before quantization), or with merge_adapters=False applied per request: generate(adapter=name).
         dequantize: expand a GGUF file's Q4_0/Q4_1/Q8_0 weights to `dtype` at load instead of running
-        them natively (the native kernels round activations to int8 per 32 values, as llama.cpp does)."""
+        them natively.
+        act_bits: how the native CPU kernels of quantized weights take a decode step's activations:
+        16 (default) rounds them per 32 values to two int8 planes (~15 bits, logits within ~0.02 of
+        fp32), 8 to one (llama.cpp's rounding: faster, top-1 tokens differ a few % of the time), 32
+        keeps fp32 (the exact dequantized-weight product, slowest). Prefill is always exact."""
         if threads:
             torch.set_num_threads(threads)
         self.dtype, self.device = parse_dtype(dtype), parse_device(device)
@@ -44,6 +50,7 @@ class LLM:
             if merge_first and quantize is not None:
                 from .quant import quantize_on_load
                 quantize_on_load(self.model, quantize, self.source)
+        set_activation_bits(self.model, act_bits)
         self.config = self.model.cfg
         self.engine = Engine(self.model, self.device, self.dtype)
         self._speculators: dict = {}

@@ -32,6 +32,9 @@ def _generation_flags(p: argparse.ArgumentParser) -> None:
                    help="quantize at load time (RTN): int8, fp8, int4 (group 128), int4-g64, int4-g128-asym, ...")
     p.add_argument("--dequantize", action="store_true",
                    help="expand a GGUF file's Q4_0/Q4_1/Q8_0 weights to --dtype instead of running them natively")
+    p.add_argument("--act-bits", type=int, choices=(32, 16, 8), default=16,
+                   help="how the native kernels of quantized weights take decode activations: 16 (default, ~15 bits), "
+                        "8 (llama.cpp's int8 rounding, fastest) or 32 (fp32, exact)")
     p.add_argument("--adapter", default=None, metavar="DIR",
                    help="a PEFT LoRA adapter folder, merged into the weights at load")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
@@ -163,7 +166,7 @@ def cmd_generate(args) -> int:
         from .bench.report import check_writable
         check_writable(args.output, "--output")
     llm = LLM(args.model, dtype=args.dtype, device=args.device, threads=args.threads, quantize=args.quantize,
-              adapters=args.adapter, dequantize=args.dequantize)
+              adapters=args.adapter, dequantize=args.dequantize, act_bits=args.act_bits)
     spec = llm.speculator(draft, args.speculate_k) if draft else None
     batched = sourced is not None or args.output or args.batch_size != 1 or args.bucket_size
     stream = not batched and (args.stream if args.stream is not None else kw.get("num_beams", 1) == 1)
@@ -198,7 +201,7 @@ def cmd_chat(args) -> int:
     kw = generation_kwargs(args)
     stream = args.stream if args.stream is not None else kw.get("num_beams", 1) == 1
     llm = LLM(args.model, dtype=args.dtype, device=args.device, threads=args.threads, quantize=args.quantize,
-              adapters=args.adapter, dequantize=args.dequantize)
+              adapters=args.adapter, dequantize=args.dequantize, act_bits=args.act_bits)
     history = [{"role": "system", "content": args.system}] if args.system else []
 
     def reply(user: str) -> str:

@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
                    help="quantize at load time (RTN): int8, fp8, int4 (group 128), int4-g64, int4-g128-asym, ...")
     b.add_argument("--dequantize", action="store_true",
                    help="expand a GGUF file's Q4_0/Q4_1/Q8_0 weights to --dtype instead of running them natively")
+    b.add_argument("--act-bits", type=int, choices=(32, 16, 8), default=16,
+                   help="how the native kernels of quantized weights take decode activations: 16 (default, ~15 bits), "
+                        "8 (llama.cpp's int8 rounding, fastest) or 32 (fp32, exact)")
     b.add_argument("--input-tokens", "-p", type=int, nargs="+", default=[512], metavar="N",
                    help="prompt lengths in tokens (default 512)")
     b.add_argument("--max-new-tokens", "-n", type=int, nargs="+", default=[128], metavar="N",
@@ -124,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                            "drop one of them")
     _progress(f"loading {args.model or 'the default model'}")
     llm = LLM(args.model, dtype=args.dtype, device=device, threads=args.threads, quantize=args.quantize,
-              dequantize=args.dequantize)
+              dequantize=args.dequantize, act_bits=args.act_bits)
     if prompts is not None:
         return run_dataset(llm, prompts, args, settings)
     runner.check_context(cases, llm.config.max_seq_len)
@@ -157,9 +160,15 @@ def run_dataset(llm, prompts: list[str], args: argparse.Namespace, settings) -> 
 
 def quantization_label(llm, args) -> str | None:
     """What the benchmarked weights are: the file's quantization and how it runs, or the --quantize spec."""
+    acts = f"decode activations {ACT_LABELS[args.act_bits]}"
     if args.quantize:
-        return f"{args.quantize} (RTN at load)"
+        return f"{args.quantize} (RTN at load); {acts}"
     stored = llm.source.describe().get("quantization")
     if stored and llm.source.format == "gguf":
-        return f"{stored}; {'dequantized to ' + args.dtype if args.dequantize else 'Q4_0/Q4_1/Q8_0 run natively'}"
+        if args.dequantize:
+            return f"{stored}; dequantized to {args.dtype}"
+        return f"{stored}; Q4_0/Q4_1/Q8_0 run natively, {acts}"
     return stored
+
+
+ACT_LABELS = {32: "fp32", 16: "int8 x 2 (~15 bits)", 8: "int8"}

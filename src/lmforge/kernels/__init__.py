@@ -31,21 +31,22 @@ from .build import load_native
 from .repack import (repack_gguf_q4_0, repack_gguf_q4_1, repack_gguf_q8_0, repack_int4,
                      repack_int8)
 
-__all__ = ["attention_decode", "backend", "dense_linear", "int4_linear", "int8_linear", "rms_norm", "repack_gguf_q4_0",
-           "repack_gguf_q4_1", "repack_gguf_q8_0", "repack_int4", "repack_int8"]
+__all__ = ["attention_decode", "backend", "dense_linear", "int4_linear", "int8_linear", "repack_gguf_q4_0",
+           "repack_gguf_q4_1", "repack_gguf_q8_0", "repack_int4", "repack_int8", "rms_norm", "silu_mul"]
 
 SCHEMAS = {
     "int4_linear": "int4_linear(Tensor x, Tensor qs, Tensor scales, Tensor mins, int act_bits=32) -> Tensor",
     "int8_linear": "int8_linear(Tensor x, Tensor q, Tensor scales, int act_bits=32) -> Tensor",
     "dense_linear": "dense_linear(Tensor x, Tensor weight) -> Tensor",
     "rms_norm": "rms_norm(Tensor x, Tensor weight, float eps) -> Tensor",
+    "silu_mul": "silu_mul(Tensor h) -> Tensor",
     "attention_decode": "attention_decode(Tensor qkv, Tensor cos, Tensor sin, Tensor(a!) k_cache, "
                         "Tensor(b!) v_cache, Tensor slots, Tensor mask, int n_heads, int n_kv_heads, float scale, "
                         "bool interleaved) -> Tensor",
 }
 REFERENCE = {"int4_linear": reference.int4_linear, "int8_linear": reference.int8_linear,
              "dense_linear": reference.dense_linear, "rms_norm": reference.rms_norm,
-             "attention_decode": reference.attention_decode}
+             "attention_decode": reference.attention_decode, "silu_mul": reference.silu_mul}
 DENSE_MAX_ROWS = 4  # dense_linear pays for decode-sized inputs; larger ones are ATen GEMM's job
 
 _backend: str | None = None  # "native" or "reference", once the ops are registered
@@ -65,7 +66,11 @@ def _fake_attention(qkv: torch.Tensor, *args) -> torch.Tensor:
     return qkv.new_empty((qkv.shape[0], qkv.shape[1], n_heads * qkv.shape[3]))
 
 
-FAKES = {"rms_norm": _fake_norm, "attention_decode": _fake_attention}
+def _fake_silu_mul(h: torch.Tensor) -> torch.Tensor:
+    return h.new_empty((*h.shape[:-1], h.shape[-1] // 2))
+
+
+FAKES = {"rms_norm": _fake_norm, "attention_decode": _fake_attention, "silu_mul": _fake_silu_mul}
 
 
 def _register() -> str:
@@ -126,6 +131,12 @@ def attention_decode(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_
     backend()
     return torch.ops.lmforge.attention_decode(qkv, cos, sin, k_cache, v_cache, slots, mask, n_heads, n_kv_heads,
                                               scale, interleaved)
+
+
+def silu_mul(h: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for h = [gate | up] (a gated MLP's fused projection), fp32: [..., 2n] -> [..., n]."""
+    backend()
+    return torch.ops.lmforge.silu_mul(h)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

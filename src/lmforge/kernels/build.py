@@ -16,6 +16,7 @@ import torch
 
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = ("quant_linear.cpp", "quant_act_linear.cpp", "dense_linear.cpp", "attention.cpp")
+HEADERS = ("vec_math.h",)
 CFLAGS = ("-O3", "-march=native", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off",  # FMA only where written
           "-fopenmp")  # at::parallel_for is inline OpenMP code: without it, the ops run on one thread
 REQUIRED_ISA = ("avx2", "fma", "f16c")
@@ -41,7 +42,7 @@ def cache_root() -> Path:
 def build_key(flags: frozenset[str]) -> str:
     """Hash of everything the built library depends on."""
     h = hashlib.sha256()
-    for name in SOURCES:
+    for name in (*SOURCES, *HEADERS):
         h.update((CSRC / name).read_bytes())
     h.update(torch.__version__.encode())
     h.update(" ".join((*CFLAGS, *sorted(flags))).encode())

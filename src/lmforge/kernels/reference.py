@@ -119,3 +119,9 @@ def attention_decode(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_
     scores = scores.masked_fill(~mask, float("-inf"))
     p = torch.softmax(scores, dim=-1).nan_to_num(0.0)
     return (p @ vv).transpose(1, 2).reshape(B, S, H * hd)
+
+
+def silu_mul(h: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for h = [gate | up] on the last dimension: [..., 2n] -> [..., n]."""
+    gate, up = h.chunk(2, dim=-1)
+    return F.silu(gate) * up

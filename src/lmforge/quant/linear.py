@@ -31,6 +31,7 @@ def native_kernels(x: torch.Tensor) -> bool:
 
 
 ACT_BITS = (32, 16, 8)
+DEFAULT_ACT_BITS = 16  # near-exact (see lmforge.kernels) and ~1.3x faster than fp32 activations
 
 
 class QuantLinear(nn.Module):
@@ -38,7 +39,7 @@ class QuantLinear(nn.Module):
     weight_names: tuple[str, ...] = ()
     # How the native CPU kernels take decode-sized activations (int8/int4/q4/q8 formats): 32 = fp32,
     # 16 / 8 = rounded per 32 values to two int8 planes / one (see lmforge.kernels); set_activation_bits.
-    act_bits: int = 32
+    act_bits: int = DEFAULT_ACT_BITS
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False,
                  input_scale: bool = False, perm: bool = False):
@@ -52,12 +53,15 @@ class QuantLinear(nn.Module):
         return f"{self.in_features}, {self.out_features}, format={self.format}, bias={self.bias is not None}"
 
     # ---------------------------------------------------------------------------------- compute
+    # The hot path reads buffers from self._buffers: nn.Module.__getattr__ costs about a microsecond a
+    # lookup, and a small model's decode step makes tens of thousands of them.
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         # x: [..., K]
-        if self.input_scale is not None:
-            x = x * self.input_scale.to(x.dtype)
-        if self.perm is not None:
-            x = x[..., self.perm]
+        buffers = self._buffers
+        if buffers["input_scale"] is not None:
+            x = x * buffers["input_scale"].to(x.dtype)
+        if buffers["perm"] is not None:
+            x = x[..., buffers["perm"]]
         return x
 
     def dequantize(self) -> torch.Tensor:
@@ -73,7 +77,8 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.matmul(self.prepare_input(x))
-        return y if self.bias is None else y + self.bias.to(y.dtype)
+        bias = self._buffers["bias"]
+        return y if bias is None else y + bias.to(y.dtype)
 
     # ----------------------------------------------------------------------------- construction
     def _set(self, weights: dict[str, torch.Tensor], bias: torch.Tensor | None):
@@ -255,7 +260,8 @@ class BlockInt4Linear(QuantLinear):
         return kernels.reference.dequantize_int4_blocks(self.qs, self.scales, self.mins)
 
     def matmul(self, x):
-        return kernels.int4_linear(x, self.qs, self.scales, self.mins, self.act_bits)
+        b = self._buffers
+        return kernels.int4_linear(x, b["qs"], b["scales"], b["mins"], self.act_bits)
 
 
 class BlockInt8Linear(QuantLinear):
@@ -278,7 +284,8 @@ class BlockInt8Linear(QuantLinear):
         return kernels.reference.dequantize_int8_blocks(self.q, self.scales)
 
     def matmul(self, x):
-        return kernels.int8_linear(x, self.q, self.scales, self.act_bits)
+        b = self._buffers
+        return kernels.int8_linear(x, b["q"], b["scales"], self.act_bits)
 
 
 BLOCK_FORMATS = (BlockInt4Linear, BlockInt8Linear)

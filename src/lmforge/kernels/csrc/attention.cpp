@@ -15,6 +15,8 @@
 
 #include <immintrin.h>
 
+#include "vec_math.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -147,7 +149,18 @@ at::Tensor attention_decode(const at::Tensor& qkv, const at::Tensor& cos, const 
         std::fill(os, os + hd, 0.f);
         if (mx == -std::numeric_limits<float>::infinity()) continue;  // nothing to attend to: zeros
         float total = 0.f;
-        for (int64_t l = 0; l < L; ++l) {
+        int64_t l = 0;
+        const __m256 mxv = _mm256_set1_ps(mx);
+        __m256 tv = _mm256_setzero_ps();
+        for (; l + 8 <= L; l += 8) {  // masked slots hold -inf: e^-inf clamps to ~1e-38, then zeroed
+          const __m256 sv = _mm256_loadu_ps(p.data() + l);
+          __m256 e = lmforge_vec::exp8(_mm256_sub_ps(sv, mxv));
+          e = _mm256_and_ps(e, _mm256_cmp_ps(sv, _mm256_set1_ps(-std::numeric_limits<float>::infinity()), _CMP_NEQ_OQ));
+          _mm256_storeu_ps(p.data() + l, e);
+          tv = _mm256_add_ps(tv, e);
+        }
+        total = hsum(tv);
+        for (; l < L; ++l) {
           p[l] = std::exp(p[l] - mx);
           total += p[l];
         }

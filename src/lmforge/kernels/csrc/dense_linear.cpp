@@ -12,6 +12,8 @@
 
 #include <immintrin.h>
 
+#include "vec_math.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -138,14 +140,44 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return y;
 }
 
+// silu(gate) * up for h = [gate | up] along the last dimension (a gated MLP's fused input projection):
+// [..., 2 n] -> [..., n], fp32, in one pass instead of ATen's split, silu and mul.
+at::Tensor silu_mul(const at::Tensor& h) {
+  TORCH_CHECK(h.device().is_cpu() && h.scalar_type() == at::kFloat && h.dim() >= 1 && h.size(-1) % 2 == 0,
+              "silu_mul: h must be a float32 CPU tensor with an even last dimension");
+  const at::Tensor hc = h.contiguous();
+  const int64_t n = h.size(-1) / 2, rows = hc.numel() / (2 * n);
+  auto shape = h.sizes().vec();
+  shape.back() = n;
+  at::Tensor y = at::empty(shape, h.options());
+  const float* hp = hc.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t n8 = n / 8 * 8;
+  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float *g = hp + r * 2 * n, *u = g + n;
+      float* o = yp + r * n;
+      for (int64_t k = 0; k < n8; k += 8) {
+        const __m256 gv = _mm256_loadu_ps(g + k);
+        const __m256 sig = _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_add_ps(_mm256_set1_ps(1.f), lmforge_vec::exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv))));
+        _mm256_storeu_ps(o + k, _mm256_mul_ps(_mm256_mul_ps(gv, sig), _mm256_loadu_ps(u + k)));
+      }
+      for (int64_t k = n8; k < n; ++k) o[k] = g[k] / (1.f + std::exp(-g[k])) * u[k];
+    }
+  });
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(lmforge, m) {
   m.def("dense_linear(Tensor x, Tensor weight) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("silu_mul(Tensor h) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmforge, CPU, m) {
   m.impl("dense_linear", &dense_linear);
   m.impl("rms_norm", &rms_norm);
+  m.impl("silu_mul", &silu_mul);
 }
