@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The speed runs behind the "Speed" section of benchmarks/RESULTS.md (batch-1 decode targets): the
-# default model's Q4_1 blocks with each activation mode (--act-bits 32 / 16 / 8) beside llama.cpp, the
-# default model in fp32 (dequantized) and int8 (RTN at load), and a TinyLlama-1.1B-shaped random GGUF
+# default model's Q4_1 blocks with each activation mode (--act-bits 32 / 16 / 8) beside llama.cpp, its
+# Q8_0 twin (requantize_gguf.py) beside llama.cpp, the default model in fp32 (dequantized) and int8 (RTN
+# at load, fp32 head), and a TinyLlama-1.1B-shaped random GGUF
 # in Q4_0 and F32, each beside llama.cpp (llama-cpp-python, when installed) on the same file.
 # Run on an otherwise idle machine.
 set -euo pipefail
@@ -18,8 +19,13 @@ for bits in 32 8; do
     --output-json "benchmarks/results/speed-${stamp}-q4_1-act${bits}.json" \
     | tee "benchmarks/results/speed-${stamp}-q4_1-act${bits}.md"
 done
-lmforge bench -m smollm2-135m-instruct --quantize int8 --act-bits 8 -p 32 "${common[@]}" \
-  --output-json "benchmarks/results/speed-${stamp}-int8-act8.json" | tee "benchmarks/results/speed-${stamp}-int8-act8.md"
+q8="$tmp/smollm2-135m-instruct-Q8_0.gguf"  # the default model's int8 twin: Q8_0 blocks everywhere
+[ -f "$q8" ] || python benchmarks/requantize_gguf.py --type Q8_0 --out "$q8"
+for bits in 16 8; do
+  lmforge bench -m "$q8" -p 32 --act-bits "$bits" "${common[@]}" --compare llamacpp \
+    --output-json "benchmarks/results/speed-${stamp}-q8_0-act${bits}.json" \
+    | tee "benchmarks/results/speed-${stamp}-q8_0-act${bits}.md"
+done
 
 lmforge bench -m smollm2-135m-instruct --dequantize -p 32 "${common[@]}" \
   --output-json "benchmarks/results/speed-${stamp}-fp32.json" | tee "benchmarks/results/speed-${stamp}-fp32.md"

@@ -104,7 +104,7 @@ def build_pair(tmp_path, method, gs=32, act_order=False, sym=False, v2=False, sa
                                 dict(gs=64, act_order=True)])
 def test_gptq_checkpoint_equals_dequantized_reference(tmp_path, kw):
     q_folder, ref_folder = build_pair(tmp_path, "gptq", **kw)
-    llm, ref = LLM(q_folder), LLM(ref_folder)
+    llm, ref = LLM(q_folder, act_bits=32), LLM(ref_folder)  # fp32 activations: exact
     layers = dict(decoder_linears(llm.model))
     assert all(isinstance(m, Int4Linear) for m in layers.values())
     assert layers["layers.0.attn.wqkv"].out_features == 128 and layers["layers.0.mlp.w_in"].out_features == 256
@@ -121,7 +121,7 @@ def test_gptq_checkpoint_equals_dequantized_reference(tmp_path, kw):
 @pytest.mark.parametrize("kw", [dict(), dict(sym=True), dict(gs=64)])
 def test_awq_checkpoint_equals_dequantized_reference(tmp_path, kw):
     q_folder, ref_folder = build_pair(tmp_path, "awq", **kw)
-    llm, ref = LLM(q_folder), LLM(ref_folder)
+    llm, ref = LLM(q_folder, act_bits=32), LLM(ref_folder)  # fp32 activations: exact
     ref_layers = dict(decoder_linears(ref.model))
     for name, m in decoder_linears(llm.model):
         assert isinstance(m, Int4Linear) and m.perm is None

@@ -15,6 +15,7 @@ class StaticKVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.max_len = max_len
         self._spare: tuple[torch.Tensor, torch.Tensor] | None = None  # reorder's double buffer
+        self._views: tuple | None = None  # (self.k they were made from, per-layer (k, v) views)
 
     def update(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: int):
         """Write k, v [B, KV, S, hd] at `slots` [S]; return the first kv_len slots of the cache."""
@@ -25,8 +26,11 @@ class StaticKVCache:
 
     def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer's key and value buffers [B, KV, max_len, hd] (contiguous), for kernels that write
-        the cache themselves (``kernels.attention_decode``)."""
-        return self.k[layer], self.v[layer]
+        the cache themselves (``kernels.attention_decode``). The views are made once per buffer: a
+        decode step asks for every layer's."""
+        if self._views is None or self._views[0] is not self.k:
+            self._views = (self.k, list(zip(self.k.unbind(0), self.v.unbind(0))))
+        return self._views[1][layer]
 
     def first_rows(self, n: int) -> "StaticKVCache":
         """A cache over the first n rows that shares this one's storage (prefill one prompt, then

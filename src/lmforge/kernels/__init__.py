@@ -8,9 +8,14 @@ Weight layouts (output channel first; K a multiple of 32, groups of K/G columns,
 - int8: ``q`` int8 [N, K]; ``scales`` float16 or float32 [N, G]; w = q * scale.
 - dense: ``weight`` float32, bfloat16 or float16 [N, K] (an ordinary Linear weight).
 
-``int4_linear(x, ...)`` / ``int8_linear(x, ...)`` compute x [..., K] @ W.T -> [..., N] (in x's dtype):
-the weight is dequantized in registers and multiplied with x in fp32, so the result is that of the
-dequantized weight (``reference`` defines it; only the summation order differs).
+``int4_linear(x, ..., act_bits)`` / ``int8_linear(x, ..., act_bits)`` compute x [..., K] @ W.T -> [..., N]
+(in x's dtype). With act_bits = 32, and always from 32 rows of x on, the weight is dequantized in
+registers and multiplied with x in fp32: the result is that of the dequantized weight. With 16 or 8 a
+few rows of x (a decode step) are first rounded per 32 values to two int8 planes (~15 bits) or one
+(llama.cpp's rounding), and the products are integer (``reference.round_activations`` defines the
+rounding; only the fp32 summation order differs from ``reference``).
+``attention_decode`` ropes q and k, writes k and v into a layer's static cache and attends, for a
+decode step's few tokens; ``silu_mul`` is a gated MLP's silu(gate) * up.
 ``dense_linear(x, weight)`` is F.linear for the few activation rows of a decode step, reading the
 weight once at the machine's bandwidth (fp32 accumulation; half-precision weights widened in registers).
 ``rms_norm(x, weight, eps)`` is Llama's RMSNorm in fp32 in one call.

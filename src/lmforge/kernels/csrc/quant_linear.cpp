@@ -11,6 +11,7 @@
 //
 // Few activation rows (decode): every weight row is read once and multiplied with up to MAX_ROWS rows of
 // x. Many rows (prefill): the weight is dequantized in panels of rows and multiplied by ATen's GEMM.
+// The ops' act_bits argument (16 or 8) sends decode-sized inputs to quant_act_linear.cpp instead.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
