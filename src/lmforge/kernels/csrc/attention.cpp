@@ -15,7 +15,7 @@
 
 #include <immintrin.h>
 
-#include "vec_math.h"
+#include "simd.h"
 
 #include <algorithm>
 #include <cmath>
@@ -24,12 +24,7 @@
 
 namespace {
 
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+using lmforge_simd::hsum;
 
 inline float dot(const float* a, const float* b, int64_t n) {
   __m256 acc = _mm256_setzero_ps();
@@ -154,7 +149,7 @@ at::Tensor attention_decode(const at::Tensor& qkv, const at::Tensor& cos, const 
         __m256 tv = _mm256_setzero_ps();
         for (; l + 8 <= L; l += 8) {  // masked slots hold -inf: e^-inf clamps to ~1e-38, then zeroed
           const __m256 sv = _mm256_loadu_ps(p.data() + l);
-          __m256 e = lmforge_vec::exp8(_mm256_sub_ps(sv, mxv));
+          __m256 e = lmforge_simd::exp8(_mm256_sub_ps(sv, mxv));
           e = _mm256_and_ps(e, _mm256_cmp_ps(sv, _mm256_set1_ps(-std::numeric_limits<float>::infinity()), _CMP_NEQ_OQ));
           _mm256_storeu_ps(p.data() + l, e);
           tv = _mm256_add_ps(tv, e);

@@ -12,7 +12,7 @@
 
 #include <immintrin.h>
 
-#include "vec_math.h"
+#include "simd.h"
 
 #include <algorithm>
 #include <cmath>
@@ -23,19 +23,9 @@ namespace {
 constexpr int64_t MAX_ROWS = 4;  // activation rows handled by the kernel; more go to ATen's GEMM
 constexpr int64_t PREFETCH = 512;  // elements ahead in a weight row
 
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const at::BFloat16* p) {  // bf16 is the high half of an fp32
-  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-}
-inline __m256 load8(const at::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+using lmforge_simd::load8;
 
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+using lmforge_simd::hsum;
 
 // y[m * ldy + r] = dot(w row r, x row m) for R weight rows and MR activation rows.
 template <int R, int MR, typename W>
@@ -159,7 +149,7 @@ at::Tensor silu_mul(const at::Tensor& h) {
       float* o = yp + r * n;
       for (int64_t k = 0; k < n8; k += 8) {
         const __m256 gv = _mm256_loadu_ps(g + k);
-        const __m256 sig = _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_add_ps(_mm256_set1_ps(1.f), lmforge_vec::exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv))));
+        const __m256 sig = _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_add_ps(_mm256_set1_ps(1.f), lmforge_simd::exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv))));
         _mm256_storeu_ps(o + k, _mm256_mul_ps(_mm256_mul_ps(gv, sig), _mm256_loadu_ps(u + k)));
       }
       for (int64_t k = n8; k < n; ++k) o[k] = g[k] / (1.f + std::exp(-g[k])) * u[k];

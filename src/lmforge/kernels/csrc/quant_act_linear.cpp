@@ -16,6 +16,8 @@
 
 #include <immintrin.h>
 
+#include "simd.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -23,21 +25,12 @@
 
 namespace {
 
-constexpr int64_t QK = 32;
+using namespace lmforge_simd;
+
 constexpr int64_t MAX_ROWS = 4;  // activation rows per pass over the weights
 
 // Small loops over a tile's rows must be unrolled so that the accumulators stay in registers.
 #define UNROLL _Pragma("GCC unroll 16")
-
-inline float to_float(float v) { return v; }
-inline float to_float(at::Half v) { return _cvtsh_ss(v.x); }
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 // ---------------------------------------------------------------------- activation rounding
 
@@ -94,15 +87,7 @@ void round_row(const float* x, int64_t K, bool two, int8_t* a, int8_t* b, float*
 // the activation (sign_epi8).
 
 template <typename S>
-struct Int4Rows {
-  static constexpr bool HAS_MIN = true;
-  static constexpr int64_t BLOCK_BYTES = QK / 2;
-  const uint8_t* qs;
-  const S *scales, *mins;
-  int64_t K, G;
-  const uint8_t* row(int64_t r) const { return qs + r * (K / 2); }
-  float scale(int64_t r, int64_t g) const { return to_float(scales[r * G + g]); }
-  float min(int64_t r, int64_t g) const { return to_float(mins[r * G + g]); }
+struct Int4Rows : Int4Layout<S> {
   static __m256i codes(const uint8_t* block) {
     const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block));
     const __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
@@ -112,15 +97,7 @@ struct Int4Rows {
 };
 
 template <typename S>
-struct Int8Rows {
-  static constexpr bool HAS_MIN = false;
-  static constexpr int64_t BLOCK_BYTES = QK;
-  const int8_t* q;
-  const S* scales;
-  int64_t K, G;
-  const int8_t* row(int64_t r) const { return q + r * K; }
-  float scale(int64_t r, int64_t g) const { return to_float(scales[r * G + g]); }
-  float min(int64_t, int64_t) const { return 0.f; }
+struct Int8Rows : Int8Layout<S> {
   static __m256i load(const int8_t* block) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block)); }
   static __m256i codes(const int8_t* block) { return _mm256_abs_epi8(load(block)); }
   static __m256i signed_act(__m256i act, const int8_t* block) { return _mm256_sign_epi8(act, load(block)); }
@@ -129,9 +106,6 @@ struct Int8Rows {
 // ------------------------------------------------------------------------------------ tiles
 
 // The weight scales (and mins) of row r for blocks b0 .. b0 + n - 1 (n <= 8), one per block, as fp32.
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const at::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-
 template <typename Rows>
 __attribute__((always_inline)) inline void block_params(const Rows& w, int64_t N, int64_t r, int64_t b0, int64_t n,
                                                         int64_t bpg, float* scale, float* min) {
@@ -212,18 +186,7 @@ void dot_tile(const Rows& w, int64_t n0, const QRow* xr, float* y, int64_t N) {
 template <int MR, bool TWO, typename Rows>
 void gemv(const Rows& w, const QRow* xr, float* y, int64_t N, int64_t bytes_per_row) {
   constexpr int R = MR == 1 ? 4 : 2;
-  const int64_t tiles = (N + R - 1) / R;
-  const int64_t grain = std::max<int64_t>(1, (1 << 14) / (R * bytes_per_row));
-  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n0 = t * R;
-      if (n0 + R <= N) {
-        dot_tile<R, MR, TWO>(w, n0, xr, y, N);
-      } else {
-        for (int64_t n = n0; n < N; ++n) dot_tile<1, MR, TWO>(w, n, xr, y, N);
-      }
-    }
-  });
+  parallel_tiles<R>(N, bytes_per_row, [&](int64_t n0, auto rows) { dot_tile<decltype(rows)::value, MR, TWO>(w, n0, xr, y, N); });
 }
 
 template <bool TWO, typename Rows>
@@ -277,19 +240,19 @@ at::Tensor int4_linear_qact(const at::Tensor& x, const at::Tensor& qs, const at:
                             const at::Tensor& mins, int64_t bits) {
   const int64_t N = qs.size(0), K = qs.size(1) * 2, G = scales.size(1);
   if (scales.scalar_type() == at::kHalf) {
-    return run(x, Int4Rows<at::Half>{qs.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(), mins.data_ptr<at::Half>(), K, G},
+    return run(x, Int4Rows<at::Half>{{qs.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(), mins.data_ptr<at::Half>(), K, G}},
                N, K / 2, bits);
   }
-  return run(x, Int4Rows<float>{qs.data_ptr<uint8_t>(), scales.data_ptr<float>(), mins.data_ptr<float>(), K, G}, N,
+  return run(x, Int4Rows<float>{{qs.data_ptr<uint8_t>(), scales.data_ptr<float>(), mins.data_ptr<float>(), K, G}}, N,
              K / 2, bits);
 }
 
 at::Tensor int8_linear_qact(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, int64_t bits) {
   const int64_t N = q.size(0), K = q.size(1), G = scales.size(1);
   if (scales.scalar_type() == at::kHalf) {
-    return run(x, Int8Rows<at::Half>{q.data_ptr<int8_t>(), scales.data_ptr<at::Half>(), K, G}, N, K, bits);
+    return run(x, Int8Rows<at::Half>{{q.data_ptr<int8_t>(), scales.data_ptr<at::Half>(), K, G}}, N, K, bits);
   }
-  return run(x, Int8Rows<float>{q.data_ptr<int8_t>(), scales.data_ptr<float>(), K, G}, N, K, bits);
+  return run(x, Int8Rows<float>{{q.data_ptr<int8_t>(), scales.data_ptr<float>(), K, G}}, N, K, bits);
 }
 
 }  // namespace lmforge

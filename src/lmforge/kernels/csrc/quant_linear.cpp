@@ -18,26 +18,19 @@
 
 #include <immintrin.h>
 
+#include "simd.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
 namespace {
 
-constexpr int64_t QK = 32;              // columns per block
+using namespace lmforge_simd;
+
 constexpr int64_t MAX_ROWS = 4;         // activation rows per pass over the weights
 constexpr int64_t GEMM_MIN_ROWS = 32;   // from this many rows on, dequantize and use ATen's GEMM
 constexpr int64_t PREFETCH_BLOCKS = 8;  // how far ahead in a weight row to prefetch
-
-inline float to_float(float v) { return v; }
-inline float to_float(at::Half v) { return _cvtsh_ss(v.x); }
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 // ------------------------------------------------------------------------------- weight decoders
 // A decoder gives the 8 integer codes (as fp32) of chunk c (columns 8c .. 8c + 7) of a block of 32
@@ -46,16 +39,7 @@ inline float hsum(__m256 v) {
 // so the inner loop only converts codes and multiplies them with x; the group sums of x are made once.
 
 template <typename S>
-struct Int4Rows {
-  static constexpr bool HAS_MIN = true;
-  static constexpr int64_t BLOCK_BYTES = QK / 2;
-  const uint8_t* qs;
-  const S *scales, *mins;
-  int64_t K, G;
-
-  const uint8_t* row(int64_t r) const { return qs + r * (K / 2); }
-  float scale(int64_t r, int64_t g) const { return to_float(scales[r * G + g]); }
-  float min(int64_t r, int64_t g) const { return to_float(mins[r * G + g]); }
+struct Int4Rows : Int4Layout<S> {
   static __m256 codes(const uint8_t* block, int c) {
     // chunks 0, 1: low nibbles of bytes 0-7, 8-15; chunks 2, 3: their high nibbles
     __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(block + (c & 1) * 8)));
@@ -65,16 +49,7 @@ struct Int4Rows {
 };
 
 template <typename S>
-struct Int8Rows {
-  static constexpr bool HAS_MIN = false;
-  static constexpr int64_t BLOCK_BYTES = QK;
-  const int8_t* q;
-  const S* scales;
-  int64_t K, G;
-
-  const int8_t* row(int64_t r) const { return q + r * K; }
-  float scale(int64_t r, int64_t g) const { return to_float(scales[r * G + g]); }
-  float min(int64_t, int64_t) const { return 0.f; }
+struct Int8Rows : Int8Layout<S> {
   static __m256 codes(const int8_t* block, int c) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(block + 8 * c))));
   }
@@ -124,18 +99,7 @@ void dot_tile(const Rows& w, int64_t n0, const float* x, const float* xg, int64_
 template <int MR, typename Rows>
 void gemv(const Rows& w, const float* x, const float* xg, float* y, int64_t N, int64_t K, int64_t bytes_per_row) {
   constexpr int R = MR == 1 ? 4 : (MR == 2 ? 2 : 1);  // accumulators must fit in 16 registers
-  const int64_t tiles = (N + R - 1) / R;
-  const int64_t grain = std::max<int64_t>(1, (1 << 14) / (R * bytes_per_row));
-  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n0 = t * R;
-      if (n0 + R <= N) {
-        dot_tile<R, MR>(w, n0, x, xg, K, y, N);
-      } else {
-        for (int64_t n = n0; n < N; ++n) dot_tile<1, MR>(w, n, x, xg, K, y, N);
-      }
-    }
-  });
+  parallel_tiles<R>(N, bytes_per_row, [&](int64_t n0, auto rows) { dot_tile<decltype(rows)::value, MR>(w, n0, x, xg, K, y, N); });
 }
 
 template <typename Rows>
@@ -239,10 +203,10 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& qs, const at::Tens
   const at::Tensor s = scales.contiguous(), m = mins.contiguous();
   const int64_t G = s.size(1);
   if (s.scalar_type() == at::kHalf) {
-    return run(x, Int4Rows<at::Half>{qs.data_ptr<uint8_t>(), s.data_ptr<at::Half>(), m.data_ptr<at::Half>(), K, G},
+    return run(x, Int4Rows<at::Half>{{qs.data_ptr<uint8_t>(), s.data_ptr<at::Half>(), m.data_ptr<at::Half>(), K, G}},
                N, K / 2);
   }
-  return run(x, Int4Rows<float>{qs.data_ptr<uint8_t>(), s.data_ptr<float>(), m.data_ptr<float>(), K, G}, N, K / 2);
+  return run(x, Int4Rows<float>{{qs.data_ptr<uint8_t>(), s.data_ptr<float>(), m.data_ptr<float>(), K, G}}, N, K / 2);
 }
 
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales) {
@@ -250,9 +214,9 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   const at::Tensor s = scales.contiguous();
   const int64_t G = s.size(1);
   if (s.scalar_type() == at::kHalf) {
-    return run(x, Int8Rows<at::Half>{q.data_ptr<int8_t>(), s.data_ptr<at::Half>(), K, G}, N, K);
+    return run(x, Int8Rows<at::Half>{{q.data_ptr<int8_t>(), s.data_ptr<at::Half>(), K, G}}, N, K);
   }
-  return run(x, Int8Rows<float>{q.data_ptr<int8_t>(), s.data_ptr<float>(), K, G}, N, K);
+  return run(x, Int8Rows<float>{{q.data_ptr<int8_t>(), s.data_ptr<float>(), K, G}}, N, K);
 }
 
 }  // namespace

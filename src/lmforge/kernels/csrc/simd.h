@@ -1,0 +1,98 @@
+// Small AVX2 + FMA + F16C helpers shared by the kernels.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+namespace lmforge_simd {
+
+inline float to_float(float v) { return v; }
+inline float to_float(c10::Half v) { return _cvtsh_ss(v.x); }
+
+// 8 consecutive values widened to fp32
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const c10::BFloat16* p) {  // bf16 is the high half of an fp32
+  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+inline __m256 load8(const c10::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// e^x for 8 floats (Cephes' single-precision method: x = n ln2 + r, |r| <= ln2 / 2, a degree-5
+// polynomial for e^r, 2^n from the exponent bits); within 2 ulp of expf over the clamped range.
+inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // ln2 in two parts: exact n * hi
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+// The block layouts of the quantized weights (see lmforge/kernels/__init__.py): where a row's bytes
+// are and its per-group scales (and mins). The kernels add their own decoders of a block's codes.
+constexpr int64_t QK = 32;  // columns per block
+
+template <typename S>
+struct Int4Layout {
+  static constexpr bool HAS_MIN = true;
+  static constexpr int64_t BLOCK_BYTES = QK / 2;
+  const uint8_t* qs;
+  const S *scales, *mins;
+  int64_t K, G;
+  const uint8_t* row(int64_t r) const { return qs + r * (K / 2); }
+  float scale(int64_t r, int64_t g) const { return to_float(scales[r * G + g]); }
+  float min(int64_t r, int64_t g) const { return to_float(mins[r * G + g]); }
+};
+
+template <typename S>
+struct Int8Layout {
+  static constexpr bool HAS_MIN = false;
+  static constexpr int64_t BLOCK_BYTES = QK;
+  const int8_t* q;
+  const S* scales;
+  int64_t K, G;
+  const int8_t* row(int64_t r) const { return q + r * K; }
+  float scale(int64_t r, int64_t g) const { return to_float(scales[r * G + g]); }
+  float min(int64_t, int64_t) const { return 0.f; }
+};
+
+// The rows of an N-row weight in tiles of R, spread over the threads (about 16 KiB of weights per task):
+// tile(n0, R_tag) for every full tile, tile(n, 1_tag) for each row left over, where the tag is a
+// std::integral_constant so that the callee can use the row count as a template argument.
+template <int R, typename Tile>
+void parallel_tiles(int64_t N, int64_t bytes_per_row, Tile tile) {
+  const int64_t tiles = (N + R - 1) / R;
+  const int64_t grain = std::max<int64_t>(1, (1 << 14) / (R * bytes_per_row));
+  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n0 = t * R;
+      if (n0 + R <= N) {
+        tile(n0, std::integral_constant<int, R>{});
+      } else {
+        for (int64_t n = n0; n < N; ++n) tile(n, std::integral_constant<int, 1>{});
+      }
+    }
+  });
+}
+
+}  // namespace lmforge_simd
