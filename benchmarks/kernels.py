@@ -45,8 +45,11 @@ def cases(N: int, K: int, M: int):
     s8_blocks = s8.half()[:, None].expand(N, K // 32).contiguous()  # Q8_0-sized scales
     yield "F.linear fp32", N * K * 4, lambda: F.linear(x, w)
     yield "lmforge dense fp32", N * K * 4, lambda: kernels.dense_linear(x, w)
-    yield "lmforge int8 (Q8_0)", N * K + N * K // 32 * 2, lambda: kernels.int8_linear(x, q8, s8_blocks)
-    yield "lmforge int4 (Q4_1)", N * K // 2 + N * K // 32 * 4, lambda: kernels.int4_linear(x, qs, s4, m4)
+    for bits in (32, 16, 8):  # the activation modes (--act-bits); 16 and 8 apply below 32 rows
+        yield f"lmforge int8 (Q8_0) a{bits}", N * K + N * K // 32 * 2, \
+            lambda bits=bits: kernels.int8_linear(x, q8, s8_blocks, bits)
+        yield f"lmforge int4 (Q4_1) a{bits}", N * K // 2 + N * K // 32 * 4, \
+            lambda bits=bits: kernels.int4_linear(x, qs, s4, m4, bits)
     if K % 16 == 0:
         sb = s8.bfloat16()
         yield "torch int8pack bf16", N * K + N * 2, lambda: torch._weight_int8pack_mm(xb, q8, sb)
@@ -65,14 +68,14 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"kernels backend: {kernels.backend()}, threads: {torch.get_num_threads()}, torch {torch.__version__}")
-    print(f"{'shape NxK':>11} {'M':>4}  {'kernel':<22} {'us':>9} {'GB/s':>7} {'GFLOP/s':>8}")
+    print(f"{'shape NxK':>11} {'M':>4}  {'kernel':<24} {'us':>9} {'GB/s':>7} {'GFLOP/s':>8}")
     for shape in args.shapes.split(","):
         N, K = (int(v) for v in shape.split("x"))
         for M in (int(v) for v in args.m.split(",")):
             for name, nbytes, fn in cases(N, K, M):
                 with torch.inference_mode():
                     t = best_seconds(fn)
-                print(f"{shape:>11} {M:>4}  {name:<22} {t * 1e6:9.1f} {nbytes / t / 1e9:7.1f} "
+                print(f"{shape:>11} {M:>4}  {name:<24} {t * 1e6:9.1f} {nbytes / t / 1e9:7.1f} "
                       f"{2 * M * N * K / t / 1e9:8.1f}")
 
 

@@ -95,3 +95,12 @@ def test_unsupported_rope_scaling(capsys, tmp_path, stories):
     (folder / "config.json").write_text(json.dumps(cfg))
     code, err = run_cli(capsys, "generate", "--model", str(folder), "hi")
     assert_one_line_error(code, err, "yarn", "not supported")
+
+
+def test_act_bits_outside_the_choices(capsys):
+    """argparse rejects it before anything loads: usage, then one error line naming the choices."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--act-bits", "4", "hi"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "argument --act-bits: invalid choice: 4 (choose from 32, 16, 8)" in err

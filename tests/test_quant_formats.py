@@ -169,3 +169,13 @@ def test_folding_scales_keeps_the_block_function(n_kv, act):
     after = Engine(model, torch.device("cpu"), torch.float32).score(tokens)
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
     assert (targets["attn.wo"] is None) == (n_kv != 4)
+
+
+def test_activation_bits_outside_the_choices_is_a_clear_error():
+    from lmforge.errors import LmforgeError
+    from lmforge.quant.linear import set_activation_bits
+
+    m = block_int8(weight(n=8, k=64))
+    assert set_activation_bits(torch.nn.Sequential(m), 8) == 1 and m.act_bits == 8
+    with pytest.raises(LmforgeError, match="activation bits must be one of 32, 16, 8, got 4"):
+        set_activation_bits(m, 4)

@@ -7,8 +7,8 @@
 // the block's largest value), which makes the product all but exact at twice the integer work.
 // A block's dot product with a weight row is then integer arithmetic (maddubs: unsigned x signed bytes),
 //   sum_j w_j x_j = scale * d * (sum q_j a_j [+ sum q_j b_j / 254]) + min * sum_j x_j,
-// the last term with the exact fp32 sum of the block's x. That is ~3x less work per weight than
-// widening the weight to fp32, and the weight stream then runs at the memory's pace.
+// the last term with the exact fp32 sum of the block's x. That takes fewer instructions per weight than
+// widening every weight to fp32 (quant_linear.cpp); benchmarks/kernels.py measures both.
 // reference.py (int4_linear / int8_linear with act_bits) defines the same rounding in PyTorch.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
