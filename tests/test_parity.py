@@ -1,7 +1,7 @@
 """Parity with transformers for every family: the definition of correct.
 
 For each tiny random model (tests/family_configs): fp32 logits of a prefill plus 8 cached decode steps
-within 1e-4 of transformers; 32 greedy tokens identical to transformers' generate; a batch of three
+within 1e-4 of transformers (op by op, and through the native decode step where the family fits it); 32 greedy tokens identical to transformers' generate; a batch of three
 prompts of different lengths (left padding) identical to each prompt run alone."""
 import pytest
 import torch
@@ -29,8 +29,8 @@ def prompt_ids(n, vocab, seed):
     return torch.randint(3, vocab, (n,), generator=g).tolist()
 
 
-def test_logits_prefill_and_cached_decode(pair):
-    hf, llm, name = pair
+def cached_decode_error(hf, llm, plan=None):
+    """Max |logit difference| from transformers over a 12-token prefill and 8 cached decode steps."""
     vocab = llm.config.vocab_size
     ids = prompt_ids(12, vocab, 1)
     steps = prompt_ids(8, vocab, 2)
@@ -43,13 +43,27 @@ def test_logits_prefill_and_cached_decode(pair):
     ours = [eng.forward(torch.tensor([ids]), batch, cache, last_only=False)[0]]
     for i, t in enumerate(steps):
         ours.append(eng.forward(torch.tensor([[t]]), eng.decode_batch(len(ids) + i, key_valid, pos_table),
-                                cache, last_only=True)[0])
-    ours = torch.cat(ours)
-    err = (ours - ref[0]).abs().max().item()
+                                cache, last_only=True, plan=plan)[0])
+    return (torch.cat(ours) - ref[0]).abs().max().item(), full, ref
+
+
+def test_logits_prefill_and_cached_decode(pair):
+    hf, llm, name = pair
+    err, full, ref = cached_decode_error(hf, llm)
     assert err <= ATOL, f"{name}: max abs logit difference {err:.2e}"
     # full-sequence scoring path too
     err_score = (llm.score(full) - ref).abs().max().item()
     assert err_score <= ATOL, f"{name}: score() differs by {err_score:.2e}"
+
+
+def test_native_decode_step_logits(pair):
+    """The decode steps through the native plan (models/native_step.py), for the families it fits."""
+    hf, llm, name = pair
+    plan = llm.engine.native_plan()
+    if plan is None:
+        pytest.skip(f"{name} runs op by op: {llm.engine.native_plan_reason}")
+    err, _, _ = cached_decode_error(hf, llm, plan)
+    assert err <= ATOL, f"{name}: max abs logit difference {err:.2e} with the native step"
 
 
 def test_greedy_tokens_match_transformers(pair):

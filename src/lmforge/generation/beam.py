@@ -119,6 +119,7 @@ def beam_search(engine: Engine, prompt: list[int], gen: GenerationConfig, eos_id
     pool = Finished.empty(B, max_new, pad_id, device)
     improvable = True
     rows = torch.arange(B, device=device)
+    plan = engine.native_plan()
 
     for step in range(max_new):
         log_probs = step_log_probs(logits, seen, step, gen, eos)
@@ -142,5 +143,5 @@ def beam_search(engine: Engine, prompt: list[int], gen: GenerationConfig, eos_id
             seen[rows, tokens[:, step]] = True
         feed = tokens[:, step: step + 1]  # [B, 1]
         logits = engine.forward(feed, engine.decode_batch(P + step, key_valid, pos_table), cache,
-                                last_only=True)[:, -1]
+                                last_only=True, plan=plan)[:, -1]
     return pool.best()

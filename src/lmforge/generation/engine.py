@@ -9,6 +9,7 @@ import torch
 from ..cache import StaticKVCache
 from ..config import ModelConfig
 from ..errors import LmforgeError
+from ..models import native_step
 from ..models.transformer import Batch, Transformer
 from .sampling import GenerationConfig, apply_repetition_penalty, select
 
@@ -37,11 +38,40 @@ class Engine:
     def __init__(self, model: Transformer, device: torch.device, dtype: torch.dtype):
         self.model, self.device, self.dtype = model, device, dtype
         self.cfg: ModelConfig = model.cfg
+        self._plan: tuple = (None, None, "not built")  # (model signature, DecodePlan or None, why not)
 
     # ------------------------------------------------------------------------------ the two steps
-    def forward(self, tokens, batch: Batch, cache, last_only: bool) -> torch.Tensor:
+    def forward(self, tokens, batch: Batch, cache, last_only: bool, plan=None) -> torch.Tensor:
+        """The model's logits; a one-token step with a native ``plan`` (see native_plan) runs in it."""
         with torch.inference_mode():
+            if (plan is not None and tokens.shape[1] == 1 and last_only and batch.mask.dtype == torch.bool
+                    and cache is not None and cache.k.is_contiguous() and cache.k.dtype == torch.float32):
+                return self.model.decode_native(plan, tokens, batch, cache)
             return self.model(tokens, batch, cache, last_only=last_only)
+
+    def native_plan(self):
+        """The model's native decode step (models.native_step) when it fits, else None (the reason is in
+        ``native_plan_reason``). Made once and remade when the model's modules or tensors change; decode
+        loops ask once per generation."""
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            self._plan = (None, None, "the native step is for fp32 activations on the CPU")
+            return None
+        if native_step.disabled():
+            self._plan = (None, None, f"{native_step.DISABLE_ENV}=0")
+            return None
+        key = [(id(m), getattr(m, "act_bits", 0), *map(id, m._parameters.values()), *map(id, m._buffers.values()))
+               for m in self.model.modules()]  # ~1 ms for a 30-layer model
+        if self._plan[0] != key:
+            try:
+                self._plan = (key, native_step.build(self.model), None)
+            except native_step.Unfit as e:
+                self._plan = (key, None, str(e))
+        return self._plan[1]
+
+    @property
+    def native_plan_reason(self) -> str | None:
+        """Why the last native_plan() gave None (None when it gave a plan)."""
+        return self._plan[2]
 
     def check_lengths(self, prompts: list[list[int]], max_new_tokens: int) -> int:
         """Validate prompt lengths; return the number of new tokens that fit in the context."""
@@ -117,6 +147,7 @@ class Engine:
         if done is None:
             done = torch.zeros(B, dtype=torch.bool, device=self.device)
         rows = torch.arange(B, device=self.device)
+        plan = self.native_plan()
 
         logits = self.forward(batch_in.tokens, batch, cache, last_only=True)[:, -1]
         for step in range(max_new):
@@ -135,7 +166,8 @@ class Engine:
                 return
             slot = P + step
             feed = torch.where(done, torch.full_like(token, pad_id), token)[:, None]
-            logits = self.forward(feed, self.decode_batch(slot, key_valid, pos_table), cache, last_only=True)[:, -1]
+            logits = self.forward(feed, self.decode_batch(slot, key_valid, pos_table), cache, last_only=True,
+                                  plan=plan)[:, -1]
 
     def score(self, tokens: torch.Tensor) -> torch.Tensor:
         """Full-sequence logits [B, S, V] (fp32) for token ids [B, S], no cache."""

@@ -84,13 +84,14 @@ class ModelDrafter:
         self.cache = self.engine.new_cache(1, total_len)
         self.key_valid, self.pos_table = single_sequence_tables(total_len, self.engine.device)
         self.seen = 0
+        self.plan = self.engine.native_plan()  # one-token draft steps run natively where they can
 
     def _feed(self, tokens: list[int]) -> torch.Tensor:
         """Run tokens [n] at the next slots; logits [V] after the last one."""
         feed = torch.tensor([tokens], device=self.engine.device)
         batch = self.engine.chunk_batch(self.seen, len(tokens), self.key_valid, self.pos_table)
         self.seen += len(tokens)
-        return self.engine.forward(feed, batch, self.cache, last_only=True)[0, -1]
+        return self.engine.forward(feed, batch, self.cache, last_only=True, plan=self.plan)[0, -1]
 
     def propose(self, seq: list[int], k: int, gen: GenerationConfig, generator) -> tuple[list[int], torch.Tensor | None]:
         """Up to k draft tokens after seq and their draft distributions [k, V] (None when greedy)."""

@@ -92,8 +92,8 @@ class Transformer(nn.Module):
             bias = bias * self.layers[0].attn.scale
         return bias.masked_fill(~batch.mask, float("-inf")).to(dtype)
 
-    def forward(self, tokens: torch.Tensor, batch: Batch, cache=None, last_only: bool = False) -> torch.Tensor:
-        # tokens: [B, S] -> logits [B, S, V] (fp32), or [B, 1, V] with last_only
+    def embed_input(self, tokens: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The input of the first layer [B, S, D]: token (and learned position) embeddings."""
         x = self.embed(tokens)
         if self.proj_in is not None:
             x = self.proj_in(x)
@@ -101,6 +101,11 @@ class Transformer(nn.Module):
             x = x + self.pos_embed(batch.positions.clamp(min=0) + self.cfg.pos_offset)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
+        return x
+
+    def forward(self, tokens: torch.Tensor, batch: Batch, cache=None, last_only: bool = False) -> torch.Tensor:
+        # tokens: [B, S] -> logits [B, S, V] (fp32), or [B, 1, V] with last_only
+        x = self.embed_input(tokens, batch)
         rope = rope_cos_sin(self.inv_freq, batch.positions, self.cfg.rope_interleaved) if self.inv_freq is not None else None
         bias = self.attention_bias(batch, x.dtype)
         for layer in self.layers:
@@ -112,3 +117,12 @@ class Transformer(nn.Module):
         if self.proj_out is not None:
             x = self.proj_out(x)
         return self.lm_head(x).float()
+
+    def decode_native(self, plan, tokens: torch.Tensor, batch: Batch, cache) -> torch.Tensor:
+        """forward(tokens [B, 1], last_only=True) through a native DecodePlan (see native_step)."""
+        x = self.embed_input(tokens, batch)[:, 0].float().contiguous()
+        if self.inv_freq is not None:
+            cos, sin = rope_cos_sin(self.inv_freq, batch.positions, self.cfg.rope_interleaved)
+        else:
+            cos = sin = x.new_empty(0)
+        return plan.step(x, cos, sin, cache.k, cache.v, int(batch.slots[0]), batch.mask)[:, None]

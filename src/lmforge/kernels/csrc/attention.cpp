@@ -15,7 +15,7 @@
 
 #include <immintrin.h>
 
-#include "simd.h"
+#include "attention.h"
 
 #include <algorithm>
 #include <cmath>
@@ -24,33 +24,8 @@
 
 namespace {
 
-using lmforge_simd::hsum;
-
-inline float dot(const float* a, const float* b, int64_t n) {
-  __m256 acc = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-  float s = hsum(acc);
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-inline void axpy(float p, const float* x, float* y, int64_t n) {  // y += p * x
-  const __m256 pv = _mm256_set1_ps(p);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(pv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; ++i) y[i] += p * x[i];
-}
-
-// dst = src rotated: channel i < rd becomes src[i] * cos[i] + src[partner(i)] * sin[i]; the rest is copied.
-void rotate(const float* src, float* dst, const float* cs, const float* sn, int64_t rd, int64_t hd, bool interleaved) {
-  const int64_t half = rd / 2;
-  for (int64_t i = 0; i < rd; ++i) {
-    const int64_t partner = interleaved ? (i ^ 1) : (i < half ? i + half : i - half);
-    dst[i] = src[i] * cs[i] + src[partner] * sn[i];
-  }
-  std::copy(src + rd, src + hd, dst + rd);
-}
+using lmforge_attn::attend;
+using lmforge_attn::rotate;
 
 at::Tensor attention_decode(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, at::Tensor k_cache,
                             at::Tensor v_cache, const at::Tensor& slots, const at::Tensor& mask, int64_t H,
@@ -104,11 +79,7 @@ at::Tensor attention_decode(const at::Tensor& qkv, const at::Tensor& cos, const 
       for (int64_t j = 0; j < KV; ++j) {
         const float* k = x + ((b * S + s) * heads + H + j) * hd;
         float* kd = kc + ((b * KV + j) * Lmax + slot[s]) * hd;
-        if (rd) {
-          rotate(k, kd, c, n, rd, hd, interleaved);
-        } else {
-          std::copy(k, k + hd, kd);
-        }
+        rotate(k, kd, c, n, rd, hd, interleaved);
         std::copy(k + KV * hd, k + KV * hd + hd, vc + ((b * KV + j) * Lmax + slot[s]) * hd);
       }
     }
@@ -129,40 +100,8 @@ at::Tensor attention_decode(const at::Tensor& qkv, const at::Tensor& cos, const 
         const float* qs = x + ((b * S + s) * heads + h) * hd;
         const float *c, *n;
         rope_at(b, s, &c, &n);
-        if (rd) {
-          rotate(qs, q.data(), c, n, rd, hd, interleaved);
-        } else {
-          std::copy(qs, qs + hd, q.begin());
-        }
-        const bool* mrow = mk + b * ms0 + s * ms2;
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t l = 0; l < L; ++l) {
-          p[l] = mrow[l * ms3] ? dot(q.data(), kb + l * hd, hd) * sc : -std::numeric_limits<float>::infinity();
-          mx = std::max(mx, p[l]);
-        }
-        float* os = o + (b * S + s) * H * hd + h * hd;
-        std::fill(os, os + hd, 0.f);
-        if (mx == -std::numeric_limits<float>::infinity()) continue;  // nothing to attend to: zeros
-        float total = 0.f;
-        int64_t l = 0;
-        const __m256 mxv = _mm256_set1_ps(mx);
-        __m256 tv = _mm256_setzero_ps();
-        for (; l + 8 <= L; l += 8) {  // masked slots hold -inf: e^-inf clamps to ~1e-38, then zeroed
-          const __m256 sv = _mm256_loadu_ps(p.data() + l);
-          __m256 e = lmforge_simd::exp8(_mm256_sub_ps(sv, mxv));
-          e = _mm256_and_ps(e, _mm256_cmp_ps(sv, _mm256_set1_ps(-std::numeric_limits<float>::infinity()), _CMP_NEQ_OQ));
-          _mm256_storeu_ps(p.data() + l, e);
-          tv = _mm256_add_ps(tv, e);
-        }
-        total = hsum(tv);
-        for (; l < L; ++l) {
-          p[l] = std::exp(p[l] - mx);
-          total += p[l];
-        }
-        const float inv = 1.f / total;
-        for (int64_t l = 0; l < L; ++l) {
-          if (p[l] != 0.f) axpy(p[l] * inv, vb + l * hd, os, hd);
-        }
+        rotate(qs, q.data(), c, n, rd, hd, interleaved);
+        attend(q.data(), kb, vb, mk + b * ms0 + s * ms2, ms3, L, hd, sc, o + (b * S + s) * H * hd + h * hd, p.data());
       }
     }
   });

@@ -12,7 +12,7 @@
 
 #include <immintrin.h>
 
-#include "simd.h"
+#include "dense.h"
 
 #include <algorithm>
 #include <cmath>
@@ -21,37 +21,8 @@
 namespace {
 
 constexpr int64_t MAX_ROWS = 4;  // activation rows handled by the kernel; more go to ATen's GEMM
-constexpr int64_t PREFETCH = 512;  // elements ahead in a weight row
-
-using lmforge_simd::load8;
-
+using lmforge_dense::dot_rows;
 using lmforge_simd::hsum;
-
-// y[m * ldy + r] = dot(w row r, x row m) for R weight rows and MR activation rows.
-template <int R, int MR, typename W>
-void dot_rows(const W* w, int64_t K, const float* x, float* y, int64_t ldy) {
-  __m256 acc[R][MR];
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < MR; ++m) acc[r][m] = _mm256_setzero_ps();
-  const int64_t K8 = K / 8 * 8;
-  for (int64_t k = 0; k < K8; k += 8) {
-    if (k % 16 == 0)  // one cache line of fp32 weights; the hardware prefetcher falls behind on R rows
-      for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k + PREFETCH), _MM_HINT_T0);
-    __m256 xv[MR];
-    for (int m = 0; m < MR; ++m) xv[m] = _mm256_loadu_ps(x + m * K + k);
-    for (int r = 0; r < R; ++r) {
-      const __m256 wv = load8(w + r * K + k);
-      for (int m = 0; m < MR; ++m) acc[r][m] = _mm256_fmadd_ps(wv, xv[m], acc[r][m]);
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    for (int m = 0; m < MR; ++m) {
-      float s = hsum(acc[r][m]);
-      for (int64_t k = K8; k < K; ++k) s += static_cast<float>(w[r * K + k]) * x[m * K + k];
-      y[m * ldy + r] = s;
-    }
-  }
-}
 
 template <int MR, typename W>
 void gemv(const W* w, const float* x, float* y, int64_t N, int64_t K) {
@@ -115,17 +86,9 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   at::Tensor y = at::empty_like(xc);
   const float *xp = xc.data_ptr<float>(), *wp = wc.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  const int64_t rows = xc.numel() / D, D8 = D / 8 * 8;
+  const int64_t rows = xc.numel() / D;
   at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / D), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* xr = xp + r * D;
-      __m256 acc = _mm256_setzero_ps();
-      for (int64_t k = 0; k < D8; k += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(xr + k), _mm256_loadu_ps(xr + k), acc);
-      float ss = hsum(acc);
-      for (int64_t k = D8; k < D; ++k) ss += xr[k] * xr[k];
-      const float inv = 1.f / std::sqrt(ss / static_cast<float>(D) + static_cast<float>(eps));
-      for (int64_t k = 0; k < D; ++k) yp[r * D + k] = wp[k] * (xr[k] * inv);
-    }
+    for (int64_t r = r0; r < r1; ++r) lmforge_dense::rms_norm_row(xp + r * D, wp, D, static_cast<float>(eps), yp + r * D);
   });
   return y;
 }
@@ -142,18 +105,8 @@ at::Tensor silu_mul(const at::Tensor& h) {
   at::Tensor y = at::empty(shape, h.options());
   const float* hp = hc.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  const int64_t n8 = n / 8 * 8;
   at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1)), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const float *g = hp + r * 2 * n, *u = g + n;
-      float* o = yp + r * n;
-      for (int64_t k = 0; k < n8; k += 8) {
-        const __m256 gv = _mm256_loadu_ps(g + k);
-        const __m256 sig = _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_add_ps(_mm256_set1_ps(1.f), lmforge_simd::exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv))));
-        _mm256_storeu_ps(o + k, _mm256_mul_ps(_mm256_mul_ps(gv, sig), _mm256_loadu_ps(u + k)));
-      }
-      for (int64_t k = n8; k < n; ++k) o[k] = g[k] / (1.f + std::exp(-g[k])) * u[k];
-    }
+    for (int64_t r = r0; r < r1; ++r) lmforge_dense::silu_mul_row(hp + r * 2 * n, hp + r * 2 * n + n, n, yp + r * n);
   });
   return y;
 }

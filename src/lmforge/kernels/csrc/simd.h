@@ -76,23 +76,27 @@ struct Int8Layout {
   float min(int64_t, int64_t) const { return 0.f; }
 };
 
-// The rows of an N-row weight in tiles of R, spread over the threads (about 16 KiB of weights per task):
-// tile(n0, R_tag) for every full tile, tile(n, 1_tag) for each row left over, where the tag is a
-// std::integral_constant so that the callee can use the row count as a template argument.
+// Tiles t0 .. t1 - 1 of R rows of an N-row weight: tile(n0, R_tag) for every full tile, tile(n, 1_tag) for
+// each row left over, where the tag is a std::integral_constant so that the callee can use the row count
+// as a template argument.
+template <int R, typename Tile>
+inline void for_tiles(int64_t N, int64_t t0, int64_t t1, Tile& tile) {
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n0 = t * R;
+    if (n0 + R <= N) {
+      tile(n0, std::integral_constant<int, R>{});
+    } else {
+      for (int64_t n = n0; n < N; ++n) tile(n, std::integral_constant<int, 1>{});
+    }
+  }
+}
+
+// The tiles of an N-row weight spread over the threads (about 16 KiB of weights per task).
 template <int R, typename Tile>
 void parallel_tiles(int64_t N, int64_t bytes_per_row, Tile tile) {
   const int64_t tiles = (N + R - 1) / R;
   const int64_t grain = std::max<int64_t>(1, (1 << 14) / (R * bytes_per_row));
-  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n0 = t * R;
-      if (n0 + R <= N) {
-        tile(n0, std::integral_constant<int, R>{});
-      } else {
-        for (int64_t n = n0; n < N; ++n) tile(n, std::integral_constant<int, 1>{});
-      }
-    }
-  });
+  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) { for_tiles<R>(N, t0, t1, tile); });
 }
 
 }  // namespace lmforge_simd

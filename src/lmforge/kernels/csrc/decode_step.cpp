@@ -1,0 +1,448 @@
+// A whole decode step in one native call, for pre-norm decoders with RMSNorm, rope (or none) and a
+// gated SiLU MLP (Llama, Mistral, Qwen2, SmolLM, TinyLlama, ...): the layers, the final norm and the head.
+//
+// A small model's decode step is ~200 tiny ops. Called one by one from Python, each pays its dispatch,
+// its Python around it and an OpenMP fork/join; on a 135M model that fixed cost is a third of the step
+// (benchmarks/overhead.py). Here the step is one parallel region: the threads split every matrix
+// product by rows of the weight, and meet at a barrier between the dependent phases of a layer:
+//
+//   norm + rounding of x (thread 0) | qkv | rope + cache write | attention | rounding | o (+= x)
+//   | norm + rounding | gate/up | silu * up + rounding | down (+= x)
+//
+// The arithmetic is that of the single ops (the same tiles: qact.h, dense.h, attention.h), so the step
+// gives what the op-by-op path gives with the same act_bits, up to the fp32 summation order.
+//
+// DecodePlan (a torch custom class, torch.classes.lmforge.DecodePlan) is built once per model from its
+// tensors (see lmforge/models/native_step.py), and holds references to them, not copies.
+//
+//   step(x [B, D] fp32, cos/sin [B, 1, 1, rd] fp32 or empty, k_cache/v_cache [layers, B, KV, Lmax, hd] fp32,
+//        slot, mask bool [B, 1, 1, L]) -> logits [B, V] fp32
+//   writes the new keys (rotated) and values at `slot` of every layer's cache.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/custom_class.h>
+#include <torch/library.h>
+
+#include <omp.h>
+
+#include "attention.h"
+#include "dense.h"
+#include "qact.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace lmforge_qact;  // QK, QRow, round_row, dot_tile, Int4Rows, Int8Rows, for_tiles
+
+enum class Kind { DENSE_F32, INT4_F16, INT4_F32, INT8_F16, INT8_F32 };
+
+struct Lin {
+  Kind kind;
+  at::Tensor w, scales, mins, bias;  // w: the dense weight, int4 qs or int8 q
+  int64_t N, K, G;
+  bool integer() const { return kind >= Kind::INT4_F16; }
+};
+
+// This thread's place in the team.
+struct Team {
+  int id, n;
+  // the share [begin, end) of `count` items
+  int64_t begin(int64_t count) const { return count * id / n; }
+  int64_t end(int64_t count) const { return count * (id + 1) / n; }
+};
+
+inline void barrier() {
+#pragma omp barrier
+}
+
+// Activation rows rounded for the integer kernels: codes, block scales and sums, per row.
+struct Rounded {
+  std::vector<int8_t> codes;
+  std::vector<float> meta;
+  std::vector<QRow> rows;
+  void reserve(int64_t M, int64_t K) {
+    const int64_t nb8 = (K / QK + 7) / 8 * 8;
+    codes.assign(M * K * 2, 0);
+    meta.assign(M * nb8 * 2, 0.f);
+    rows.resize(M);
+  }
+  // round M rows of x [M, K] (one or two planes); block scales and sums past K / 32 stay zero
+  void round(const float* x, int64_t M, int64_t K, bool two) {
+    const int64_t nb8 = (K / QK + 7) / 8 * 8;
+    for (int64_t m = 0; m < M; ++m) {
+      int8_t* a = codes.data() + m * K * 2;
+      float* d = meta.data() + m * nb8 * 2;
+      std::fill(d, d + nb8 * 2, 0.f);
+      round_row(x + m * K, K, two, a, a + K, d, d + nb8);
+      rows[m] = QRow{a, a + K, d, d + nb8};
+    }
+  }
+};
+
+// This thread's rows of y [M, N] = x @ W.T (+ bias); with `residual`, residual [M, N] += y instead
+// (y is then scratch). Integer weights read the rounded rows, dense ones x.
+class Linear {
+ public:
+  Linear(const Lin& l, const Team& t) : l_(l), t_(t) {}
+
+  void run(const float* x, const Rounded& xr, int64_t M, float* y, float* residual, bool two) const {
+    int64_t r0 = 0, r1 = 0;
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+      const int64_t mr = std::min<int64_t>(4, M - m0);
+      std::pair<int64_t, int64_t> rows;
+      switch (mr) {
+        case 1: rows = group<1>(x, xr, m0, y, two); break;
+        case 2: rows = group<2>(x, xr, m0, y, two); break;
+        case 3: rows = group<3>(x, xr, m0, y, two); break;
+        default: rows = group<4>(x, xr, m0, y, two); break;
+      }
+      r0 = rows.first;
+      r1 = rows.second;
+    }
+    const float* bias = l_.bias.defined() ? l_.bias.data_ptr<float>() : nullptr;
+    if (!bias && !residual) return;
+    const int64_t N = l_.N;
+    for (int64_t m = 0; m < M; ++m) {
+      float* ym = y + m * N;
+      if (bias)
+        for (int64_t n = r0; n < r1; ++n) ym[n] += bias[n];
+      if (residual)
+        for (int64_t n = r0; n < r1; ++n) residual[m * N + n] += ym[n];
+    }
+  }
+
+ private:
+  // rows 4 at a time for one activation row, else 2 (the accumulators must fit in the registers)
+  template <int MR>
+  static constexpr int tile_rows() { return MR == 1 ? 4 : 2; }
+
+  // this thread's tiles: returns its rows [r0, r1)
+  template <int R, typename Tile>
+  std::pair<int64_t, int64_t> share(Tile tile) const {
+    const int64_t tiles = (l_.N + R - 1) / R, t0 = t_.begin(tiles), t1 = t_.end(tiles);
+    for_tiles<R>(l_.N, t0, t1, tile);
+    return {std::min(l_.N, t0 * R), std::min(l_.N, t1 * R)};
+  }
+
+  template <int MR, typename W>
+  std::pair<int64_t, int64_t> dense(const W* w, const float* x, float* y) const {
+    const int64_t K = l_.K, N = l_.N;
+    auto tile = [&](int64_t n0, auto rows) { lmforge_dense::dot_rows<decltype(rows)::value, MR>(w + n0 * K, K, x, y + n0, N); };
+    return share<tile_rows<MR>()>(tile);
+  }
+
+  template <int MR, bool TWO, typename Rows>
+  std::pair<int64_t, int64_t> quant(const Rows& w, const QRow* xr, float* y) const {
+    const int64_t N = l_.N;
+    auto tile = [&](int64_t n0, auto rows) { dot_tile<decltype(rows)::value, MR, TWO>(w, n0, xr, y, N); };
+    return share<tile_rows<MR>()>(tile);
+  }
+
+  template <int MR, bool TWO>
+  std::pair<int64_t, int64_t> integer(const QRow* xr, float* y) const {
+    const int64_t K = l_.K, G = l_.G;
+    switch (l_.kind) {
+      case Kind::INT4_F16:
+        return quant<MR, TWO>(Int4Rows<at::Half>{{l_.w.data_ptr<uint8_t>(), l_.scales.data_ptr<at::Half>(), l_.mins.data_ptr<at::Half>(), K, G}}, xr, y);
+      case Kind::INT4_F32:
+        return quant<MR, TWO>(Int4Rows<float>{{l_.w.data_ptr<uint8_t>(), l_.scales.data_ptr<float>(), l_.mins.data_ptr<float>(), K, G}}, xr, y);
+      case Kind::INT8_F16:
+        return quant<MR, TWO>(Int8Rows<at::Half>{{l_.w.data_ptr<int8_t>(), l_.scales.data_ptr<at::Half>(), K, G}}, xr, y);
+      default:
+        return quant<MR, TWO>(Int8Rows<float>{{l_.w.data_ptr<int8_t>(), l_.scales.data_ptr<float>(), K, G}}, xr, y);
+    }
+  }
+
+  template <int MR>
+  std::pair<int64_t, int64_t> group(const float* x, const Rounded& xr, int64_t m0, float* y, bool two) const {
+    float* ym = y + m0 * l_.N;
+    switch (l_.kind) {
+      case Kind::DENSE_F32: return dense<MR>(l_.w.data_ptr<float>(), x + m0 * l_.K, ym);
+      default:
+        return two ? integer<MR, true>(xr.rows.data() + m0, ym) : integer<MR, false>(xr.rows.data() + m0, ym);
+    }
+  }
+
+  const Lin& l_;
+  const Team& t_;
+};
+
+class DecodePlan : public torch::CustomClassHolder {
+ public:
+  DecodePlan(int64_t dim, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, double eps, bool interleaved,
+             int64_t act_bits)
+      : D_(dim), H_(n_heads), KV_(n_kv_heads), hd_(head_dim), eps_(static_cast<float>(eps)),
+        interleaved_(interleaved), act_bits_(act_bits) {
+    TORCH_CHECK(dim > 0 && n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0 && head_dim > 0,
+                "DecodePlan: bad shape");
+    TORCH_CHECK(act_bits == 8 || act_bits == 16, "DecodePlan: act_bits must be 8 or 16, got ", act_bits);
+  }
+
+  // format: "dense" (fp32 weight [N, K]), "int4" (qs, scales, mins) or "int8" (q, scales), in the
+  // layouts of lmforge/kernels/__init__.py; returns the linear's index.
+  int64_t add_linear(const std::string& format, const std::vector<at::Tensor>& parts, const c10::optional<at::Tensor>& bias) {
+    Lin l;
+    auto cpu_contiguous = [](const at::Tensor& t) { return t.device().is_cpu() && t.is_contiguous(); };
+    for (const auto& p : parts) TORCH_CHECK(cpu_contiguous(p), "DecodePlan: weights must be contiguous CPU tensors");
+    if (format == "dense") {
+      TORCH_CHECK(parts.size() == 1 && parts[0].dim() == 2, "DecodePlan: a dense linear is one [N, K] weight");
+      l.w = parts[0];
+      TORCH_CHECK(l.w.scalar_type() == at::kFloat, "DecodePlan: dense weights must be fp32");
+      l.kind = Kind::DENSE_F32;
+      l.N = l.w.size(0);
+      l.K = l.w.size(1);
+      l.G = 1;
+    } else if (format == "int4" || format == "int8") {
+      const bool int4 = format == "int4";
+      TORCH_CHECK(parts.size() == (int4 ? 3u : 2u), "DecodePlan: ", format, " takes ", int4 ? 3 : 2, " tensors");
+      l.w = parts[0];
+      l.scales = parts[1];
+      TORCH_CHECK(l.w.dim() == 2 && l.w.scalar_type() == (int4 ? at::kByte : at::kChar), "DecodePlan: bad ", format, " codes");
+      l.N = l.w.size(0);
+      l.K = int4 ? l.w.size(1) * 2 : l.w.size(1);
+      const auto st = l.scales.scalar_type();
+      TORCH_CHECK(l.scales.dim() == 2 && l.scales.size(0) == l.N && (st == at::kHalf || st == at::kFloat),
+                  "DecodePlan: scales must be fp16 or fp32 [N, G]");
+      l.G = l.scales.size(1);
+      TORCH_CHECK(l.K % QK == 0 && l.K % l.G == 0 && (l.K / l.G) % QK == 0, "DecodePlan: groups must be multiples of 32 columns");
+      if (int4) {
+        l.mins = parts[2];
+        TORCH_CHECK(l.mins.sizes() == l.scales.sizes() && l.mins.scalar_type() == st, "DecodePlan: mins must match scales");
+        l.kind = st == at::kHalf ? Kind::INT4_F16 : Kind::INT4_F32;
+      } else {
+        l.kind = st == at::kHalf ? Kind::INT8_F16 : Kind::INT8_F32;
+      }
+    } else {
+      TORCH_CHECK(false, "DecodePlan: unknown linear format ", format);
+    }
+    if (bias.has_value() && bias->defined()) {
+      TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == l.N && cpu_contiguous(*bias),
+                  "DecodePlan: a bias must be fp32 [N]");
+      l.bias = *bias;
+    }
+    lins_.push_back(l);
+    return static_cast<int64_t>(lins_.size()) - 1;
+  }
+
+  void add_layer(const at::Tensor& attn_norm, int64_t qkv, int64_t o, const at::Tensor& mlp_norm, int64_t w_in,
+                 int64_t w_out, double scale) {
+    const int64_t n = static_cast<int64_t>(lins_.size());
+    for (int64_t i : {qkv, o, w_in, w_out}) TORCH_CHECK(i >= 0 && i < n, "DecodePlan: no linear ", i);
+    check_norm(attn_norm);
+    check_norm(mlp_norm);
+    const int64_t q = H_ * hd_, heads = H_ + 2 * KV_;
+    TORCH_CHECK(lins_[qkv].K == D_ && lins_[qkv].N == heads * hd_, "DecodePlan: qkv must be [", heads * hd_, ", ", D_, "]");
+    TORCH_CHECK(lins_[o].K == q && lins_[o].N == D_, "DecodePlan: o must be [", D_, ", ", q, "]");
+    TORCH_CHECK(lins_[w_in].K == D_ && lins_[w_in].N % 2 == 0, "DecodePlan: the gate/up projection must be [2 hidden, D]");
+    TORCH_CHECK(lins_[w_out].K == lins_[w_in].N / 2 && lins_[w_out].N == D_, "DecodePlan: the down projection must be [D, hidden]");
+    layers_.push_back(Layer{attn_norm, mlp_norm, qkv, o, w_in, w_out, static_cast<float>(scale)});
+  }
+
+  void set_head(const c10::optional<at::Tensor>& norm, int64_t head) {
+    TORCH_CHECK(head >= 0 && head < static_cast<int64_t>(lins_.size()) && lins_[head].K == D_, "DecodePlan: bad head");
+    if (norm.has_value() && norm->defined()) {
+      check_norm(*norm);
+      norm_ = *norm;
+    }
+    head_ = head;
+  }
+
+  at::Tensor step(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, at::Tensor k_cache,
+                  at::Tensor v_cache, int64_t slot, const at::Tensor& mask) {
+    TORCH_CHECK(head_ >= 0, "DecodePlan: set_head was not called");
+    TORCH_CHECK(x.dim() == 2 && x.size(1) == D_ && x.scalar_type() == at::kFloat && x.device().is_cpu(),
+                "DecodePlan.step: x must be fp32 [B, ", D_, "]");
+    const int64_t B = x.size(0), NL = static_cast<int64_t>(layers_.size());
+    for (const at::Tensor* c : {&k_cache, &v_cache}) {
+      TORCH_CHECK(c->dim() == 5 && c->size(0) == NL && c->size(1) == B && c->size(2) == KV_ && c->size(4) == hd_ &&
+                      c->scalar_type() == at::kFloat && c->is_contiguous(),
+                  "DecodePlan.step: the caches must be contiguous fp32 [layers, B, KV, Lmax, hd]");
+    }
+    const int64_t Lmax = k_cache.size(3);
+    TORCH_CHECK(slot >= 0 && slot < Lmax, "DecodePlan.step: slot ", slot, " is outside the cache");
+    TORCH_CHECK(mask.dim() == 4 && mask.scalar_type() == at::kBool && mask.size(0) == B && mask.size(1) == 1 &&
+                    mask.size(2) == 1 && mask.size(3) > slot && mask.size(3) <= Lmax,
+                "DecodePlan.step: mask must be bool [B, 1, 1, L] with slot < L <= the cache length");
+    const int64_t L = mask.size(3), rd = cos.numel() ? cos.size(-1) : 0;
+    if (rd) {
+      TORCH_CHECK(cos.sizes() == sin.sizes() && cos.numel() == B * rd && rd <= hd_ && rd % 2 == 0 &&
+                      cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat,
+                  "DecodePlan.step: cos and sin must be fp32 [B, 1, 1, rd] with an even rd <= head_dim");
+    }
+    const at::Tensor cs = cos.contiguous(), sn = sin.contiguous();
+
+    const int64_t heads = H_ + 2 * KV_, V = lins_[head_].N;
+    int64_t widest = std::max(D_, H_ * hd_), kmax = D_, nmax = D_;
+    for (const Lin& l : lins_) {
+      widest = std::max(widest, l.K);
+      kmax = std::max(kmax, l.K);
+      if (&l != &lins_[head_]) nmax = std::max(nmax, l.N);
+    }
+    at::Tensor res = x.clone();                                  // the residual stream
+    std::vector<float> h(B * widest), qkv(B * heads * hd_), y(B * nmax);
+    at::Tensor logits = at::empty({B, V}, x.options());
+    Rounded rounded;
+    rounded.reserve(B, kmax);
+
+    float* rp = res.data_ptr<float>();
+    float* hp = h.data();
+    float* qkvp = qkv.data();
+    float* yp = y.data();
+    float* out = logits.data_ptr<float>();
+    const float* cp = rd ? cs.data_ptr<float>() : nullptr;
+    const float* sp = rd ? sn.data_ptr<float>() : nullptr;
+    float* kc = k_cache.data_ptr<float>();
+    float* vc = v_cache.data_ptr<float>();
+    const bool* mk = mask.data_ptr<bool>();
+    const int64_t ms0 = mask.stride(0), ms3 = mask.stride(3), layer_stride = B * KV_ * Lmax * hd_;
+    const bool two = act_bits_ == 16;
+
+    const int threads = std::max(1, at::get_num_threads());
+#pragma omp parallel num_threads(threads)
+    {
+      const Team t{omp_get_thread_num(), omp_get_num_threads()};
+      std::vector<float> qrot(hd_), p(L);
+      auto clock = std::chrono::steady_clock::now();
+      auto phase_end = [&](int phase) {  // after a barrier: thread 0 books the time since the last one
+        if (!profiling_ || t.id != 0) return;
+        const auto now = std::chrono::steady_clock::now();
+        phase_seconds_[phase] += std::chrono::duration<double>(now - clock).count();
+        clock = now;
+      };
+      // thread 0 prepares a linear's input: integer weights take it rounded
+      auto prepare = [&](const Lin& l, const float* in) {
+        if (l.integer()) rounded.round(in, B, l.K, two);
+      };
+      auto norm_rows = [&](const at::Tensor& w, const float* in, float* o) {
+        for (int64_t m = 0; m < B; ++m) lmforge_dense::rms_norm_row(in + m * D_, w.data_ptr<float>(), D_, eps_, o + m * D_);
+      };
+      for (int64_t li = 0; li < NL; ++li) {
+        const Layer& layer = layers_[li];
+        const Lin &wqkv = lins_[layer.qkv], &wo = lins_[layer.o], &win = lins_[layer.in], &wout = lins_[layer.out];
+        float* kl = kc + li * layer_stride;
+        float* vl = vc + li * layer_stride;
+        if (t.id == 0) {
+          norm_rows(layer.attn_norm, rp, hp);
+          prepare(wqkv, hp);
+        }
+        barrier();
+        phase_end(0);
+        Linear(wqkv, t).run(hp, rounded, B, qkvp, nullptr, two);
+        barrier();
+        phase_end(1);
+        for (int64_t task = t.begin(B * KV_); task < t.end(B * KV_); ++task) {  // rope k, write k and v
+          const int64_t b = task / KV_, j = task % KV_;
+          const float* k = qkvp + (b * heads + H_ + j) * hd_;
+          const int64_t at = ((b * KV_ + j) * Lmax + slot) * hd_;
+          lmforge_attn::rotate(k, kl + at, cp + b * rd, sp + b * rd, rd, hd_, interleaved_);
+          std::copy(k + KV_ * hd_, k + (KV_ + 1) * hd_, vl + at);
+        }
+        barrier();
+        phase_end(2);
+        for (int64_t task = t.begin(B * H_); task < t.end(B * H_); ++task) {  // each query head
+          const int64_t b = task / H_, hh = task % H_, j = hh / (H_ / KV_);
+          lmforge_attn::rotate(qkvp + (b * heads + hh) * hd_, qrot.data(), cp + b * rd, sp + b * rd, rd, hd_, interleaved_);
+          const int64_t base = (b * KV_ + j) * Lmax * hd_;
+          lmforge_attn::attend(qrot.data(), kl + base, vl + base, mk + b * ms0, ms3, L, hd_, layer.scale,
+                               hp + (b * H_ + hh) * hd_, p.data());
+        }
+        barrier();
+        phase_end(3);
+        if (t.id == 0) prepare(wo, hp);
+        barrier();
+        phase_end(4);
+        Linear(wo, t).run(hp, rounded, B, yp, rp, two);
+        barrier();
+        phase_end(5);
+        if (t.id == 0) {
+          norm_rows(layer.mlp_norm, rp, hp);
+          prepare(win, hp);
+        }
+        barrier();
+        phase_end(6);
+        Linear(win, t).run(hp, rounded, B, yp, nullptr, two);
+        barrier();
+        phase_end(7);
+        if (t.id == 0) {
+          const int64_t hidden = win.N / 2;
+          for (int64_t m = 0; m < B; ++m) lmforge_dense::silu_mul_row(yp + m * win.N, yp + m * win.N + hidden, hidden, hp + m * hidden);
+          prepare(wout, hp);
+        }
+        barrier();
+        phase_end(8);
+        Linear(wout, t).run(hp, rounded, B, yp, rp, two);
+        barrier();
+        phase_end(9);
+      }
+      const Lin& head = lins_[head_];
+      if (t.id == 0) {
+        if (norm_.defined()) {
+          norm_rows(norm_, rp, hp);
+        } else {
+          std::copy(rp, rp + B * D_, hp);
+        }
+        prepare(head, hp);
+      }
+      barrier();
+      phase_end(10);
+      Linear(head, t).run(hp, rounded, B, out, nullptr, two);
+      barrier();
+      phase_end(11);
+    }
+    return logits;
+  }
+
+  int64_t n_layers() const { return static_cast<int64_t>(layers_.size()); }
+
+  // Profiling: with it on, step() adds the wall time of each phase (thread 0's view, from barrier to
+  // barrier) to PHASES counters; phase_seconds() returns them (in the order of PHASES) and resets them.
+  void set_profiling(bool on) { profiling_ = on; }
+  std::vector<double> phase_seconds() {
+    std::vector<double> out(phase_seconds_, phase_seconds_ + PHASES);
+    std::fill(phase_seconds_, phase_seconds_ + PHASES, 0.0);
+    return out;
+  }
+  static constexpr int PHASES = 12;
+
+ private:
+  struct Layer {
+    at::Tensor attn_norm, mlp_norm;
+    int64_t qkv, o, in, out;
+    float scale;
+  };
+
+  void check_norm(const at::Tensor& w) const {
+    TORCH_CHECK(w.scalar_type() == at::kFloat && w.numel() == D_ && w.is_contiguous() && w.device().is_cpu(),
+                "DecodePlan: norm weights must be contiguous fp32 [", D_, "]");
+  }
+
+  int64_t D_, H_, KV_, hd_;
+  float eps_;
+  bool interleaved_;
+  int64_t act_bits_;
+  std::vector<Lin> lins_;
+  std::vector<Layer> layers_;
+  at::Tensor norm_;
+  int64_t head_ = -1;
+  bool profiling_ = false;
+  double phase_seconds_[PHASES] = {};
+};
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(lmforge, m) {
+  m.class_<DecodePlan>("DecodePlan")
+      .def(torch::init<int64_t, int64_t, int64_t, int64_t, double, bool, int64_t>())
+      .def("add_linear", &DecodePlan::add_linear)
+      .def("add_layer", &DecodePlan::add_layer)
+      .def("set_head", &DecodePlan::set_head)
+      .def("step", &DecodePlan::step)
+      .def("n_layers", &DecodePlan::n_layers)
+      .def("set_profiling", &DecodePlan::set_profiling)
+      .def("phase_seconds", &DecodePlan::phase_seconds);
+}

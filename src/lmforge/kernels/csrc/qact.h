@@ -1,0 +1,171 @@
+// The integer-activation products of quant_act_linear.cpp, shared with decode_step.cpp: rounding a row
+// of activations per block of 32 values to int8 codes, the weight decoders for maddubs, and the tile of
+// R weight rows x MR activation rows. See quant_act_linear.cpp for the arithmetic.
+#pragma once
+
+#include <immintrin.h>
+
+#include "simd.h"
+
+#include <algorithm>
+#include <cstdint>
+
+namespace lmforge_qact {
+
+using namespace lmforge_simd;
+
+// Small loops over a tile's rows must be unrolled so that the accumulators stay in registers.
+#define UNROLL _Pragma("GCC unroll 16")
+
+// ---------------------------------------------------------------------- activation rounding
+
+// One row of x, rounded per block: a (and b) int8 [K], d [K/32] (already divided by 254 when two
+// planes are used, see below), sums [K/32] the exact fp32 sums of the blocks.
+struct QRow {
+  const int8_t *a, *b;
+  const float *d, *sums;
+};
+
+// Round x [K] into a, b, d, sums. The products below use d for a and d / 254 for b, so with two planes
+// d is stored as d / 254 and the integer sum is formed as 254 * (q . a) + (q . b).
+inline void round_row(const float* x, int64_t K, bool two, int8_t* a, int8_t* b, float* d, float* sums) {
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  for (int64_t blk = 0; blk < K / QK; ++blk) {
+    const float* xb = x + blk * QK;
+    __m256 v[4];
+    __m256 amax = _mm256_setzero_ps(), sum = _mm256_setzero_ps();
+    for (int c = 0; c < 4; ++c) {
+      v[c] = _mm256_loadu_ps(xb + 8 * c);
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[c]));
+      sum = _mm256_add_ps(sum, v[c]);
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    const float mx = _mm_cvtss_f32(m);
+    const float scale = mx / 127.f;
+    const __m256 inv = _mm256_set1_ps(mx > 0.f ? 127.f / mx : 0.f);
+    __m256i ia[4], ib[4];
+    for (int c = 0; c < 4; ++c) {
+      const __m256 t = _mm256_mul_ps(v[c], inv);
+      const __m256 r = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      ia[c] = _mm256_cvtps_epi32(r);
+      if (two) ib[c] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(t, r), _mm256_set1_ps(254.f)));
+    }
+    auto pack = [](const __m256i* s, int8_t* out) {  // 4 x 8 int32 -> 32 int8, in column order
+      const __m256i p01 = _mm256_packs_epi32(s[0], s[1]), p23 = _mm256_packs_epi32(s[2], s[3]);
+      const __m256i p = _mm256_packs_epi16(p01, p23);
+      // packs works per 128-bit lane: restore the order of the 8 groups of 4 columns
+      const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_permutevar8x32_epi32(p, order));
+    };
+    pack(ia, a + blk * QK);
+    if (two) pack(ib, b + blk * QK);
+    d[blk] = two ? scale / 254.f : scale;
+    sums[blk] = hsum(sum);
+  }
+}
+
+// --------------------------------------------------------------------------- weight decoders
+// codes(block) gives the 32 codes of a block as bytes in column order, in the form maddubs takes
+// (unsigned first operand): int4 codes 0..15 as they are; int8 codes as |q|, their signs moved onto
+// the activation (sign_epi8).
+
+template <typename S>
+struct Int4Rows : Int4Layout<S> {
+  static __m256i codes(const uint8_t* block) {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block));
+    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+  }
+  static __m256i signed_act(__m256i act, const uint8_t*) { return act; }
+};
+
+template <typename S>
+struct Int8Rows : Int8Layout<S> {
+  static __m256i load(const int8_t* block) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block)); }
+  static __m256i codes(const int8_t* block) { return _mm256_abs_epi8(load(block)); }
+  static __m256i signed_act(__m256i act, const int8_t* block) { return _mm256_sign_epi8(act, load(block)); }
+};
+
+// ------------------------------------------------------------------------------------ tiles
+
+// The weight scales (and mins) of row r for blocks b0 .. b0 + n - 1 (n <= 8), one per block, as fp32.
+template <typename Rows>
+__attribute__((always_inline)) inline void block_params(const Rows& w, int64_t N, int64_t r, int64_t b0, int64_t n,
+                                                        int64_t bpg, float* scale, float* min) {
+  if (w.G == 1) {  // one scale per row (lmforge int8)
+    _mm256_storeu_ps(scale, _mm256_set1_ps(w.scale(r, 0)));
+    if constexpr (Rows::HAS_MIN) _mm256_storeu_ps(min, _mm256_set1_ps(w.min(r, 0)));
+    return;
+  }
+  if (bpg == 1 && (r * w.G + b0 + 8 <= N * w.G)) {  // a scale per block (GGUF): 8 at a time. Past the
+    // row's end the lanes hold the next row's values, which meet zero activation scales and sums.
+    _mm256_storeu_ps(scale, load8(w.scales + r * w.G + b0));
+    if constexpr (Rows::HAS_MIN) _mm256_storeu_ps(min, load8(w.mins + r * w.G + b0));
+    return;
+  }
+  int64_t g = b0 / bpg, left = bpg - b0 % bpg;  // blocks left in group g
+  for (int64_t j = 0; j < 8; ++j) {
+    const bool in = j < n;
+    scale[j] = in ? w.scale(r, g) : 0.f;
+    if constexpr (Rows::HAS_MIN) min[j] = in ? w.min(r, g) : 0.f;
+    if (--left == 0) {
+      ++g;
+      left = bpg;
+    }
+  }
+}
+
+// y[m * N + n0 + r] for R weight rows and MR activation rows. Per block the integer sum is turned to
+// fp32 and multiplied with scale * d (made 8 blocks at a time into `sd`); the mins multiply the block
+// sums of x in vector accumulators.
+template <int R, int MR, bool TWO, typename Rows>
+inline void dot_tile(const Rows& w, int64_t n0, const QRow* xr, float* y, int64_t N) {
+  const int64_t nb = w.K / QK, bpg = nb / w.G;
+  const __m256i ones = _mm256_set1_epi16(1), k254 = _mm256_set1_epi16(254);
+  __m256 acc[R][MR], macc[R][MR];
+  UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int m = 0; m < MR; ++m) acc[r][m] = macc[r][m] = _mm256_setzero_ps();
+  alignas(32) float sd[R][MR][8];
+  alignas(32) float ws[8], wm[8];
+  for (int64_t b0 = 0; b0 < nb; b0 += 8) {
+    const int64_t n = std::min<int64_t>(8, nb - b0);
+    UNROLL for (int r = 0; r < R; ++r) {
+      block_params(w, N, n0 + r, b0, n, bpg, ws, wm);
+      UNROLL for (int m = 0; m < MR; ++m) {  // the activation's scales and sums are zero past the end
+        _mm256_store_ps(sd[r][m], _mm256_mul_ps(_mm256_load_ps(ws), _mm256_loadu_ps(xr[m].d + b0)));
+        if constexpr (Rows::HAS_MIN)
+          macc[r][m] = _mm256_fmadd_ps(_mm256_load_ps(wm), _mm256_loadu_ps(xr[m].sums + b0), macc[r][m]);
+      }
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t blk = b0 + j;
+      __m256i av[MR], bv[MR];
+      UNROLL for (int m = 0; m < MR; ++m) {
+        av[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[m].a + blk * QK));
+        if constexpr (TWO) bv[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[m].b + blk * QK));
+      }
+      UNROLL for (int r = 0; r < R; ++r) {
+        const auto* block = w.row(n0 + r) + blk * Rows::BLOCK_BYTES;
+        // the same block of the next tile's rows: far enough ahead to hide the latency of L3 or DRAM
+        _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + R + r) + blk * Rows::BLOCK_BYTES), _MM_HINT_T0);
+        const __m256i q = Rows::codes(block);
+        UNROLL for (int m = 0; m < MR; ++m) {
+          __m256i s = _mm256_maddubs_epi16(q, Rows::signed_act(av[m], block));
+          if constexpr (TWO) {
+            const __m256i lo = _mm256_maddubs_epi16(q, Rows::signed_act(bv[m], block));
+            s = _mm256_add_epi32(_mm256_madd_epi16(s, k254), _mm256_madd_epi16(lo, ones));
+          } else {
+            s = _mm256_madd_epi16(s, ones);
+          }
+          acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcast_ss(&sd[r][m][j]), acc[r][m]);
+        }
+      }
+    }
+  }
+  UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int m = 0; m < MR; ++m) y[m * N + n0 + r] = hsum(Rows::HAS_MIN ? _mm256_add_ps(acc[r][m], macc[r][m]) : acc[r][m]);
+}
+
+}  // namespace lmforge_qact

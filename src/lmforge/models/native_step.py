@@ -1,0 +1,105 @@
+"""The decode step in one native call (``kernels/csrc/decode_step.cpp``), for the models it fits.
+
+A decode step of a small model is a couple of hundred tiny ops; run one by one from Python, their fixed
+costs (dispatch, the Python around them, a thread fork/join each) are about a third of the step. A
+``DecodePlan`` holds references to a model's tensors and runs the layers, the final norm and the head of
+a one-token step as one parallel region. It fits pre-norm decoders with RMSNorm, rope (or learned / no
+positions, applied before the layers), no q/k norms, a gated SiLU MLP and Linears that are dense
+(fp32) or in lmforge's int4/int8 block layouts with rounded activations (act_bits 16 or 8):
+Llama, Mistral, Qwen2, SmolLM, TinyLlama and their GGUF and lmforge-quantized forms. Other models, fp32
+activations (act_bits 32), adapters left unmerged and the CUDA path run op by op, as before.
+
+Set ``LMFORGE_DECODE_STEP=0`` to run every step op by op (for comparisons and debugging).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .. import kernels
+from ..quant.linear import (BlockInt4Linear, BlockInt8Linear, Int4Linear, Int8Linear, QuantLinear,
+                            TiedHead)
+from .layers import Linear, RMSNorm
+
+DISABLE_ENV = "LMFORGE_DECODE_STEP"
+
+
+class Unfit(Exception):
+    """The model (or one of its modules) is not something the native step runs."""
+
+
+def _linear(module: nn.Module, bits: set[int]) -> tuple[str, list[torch.Tensor], torch.Tensor | None]:
+    """(format, tensors, bias) of a Linear in the plan's terms; records quantized act_bits in `bits`."""
+    if isinstance(module, TiedHead):
+        module = module.table
+    if isinstance(module, QuantLinear):
+        if module.input_scale is not None or module.perm is not None:
+            raise Unfit(f"{type(module).__name__} with an input scale or permutation")
+        bits.add(module.act_bits)
+        b = module._buffers
+        if isinstance(module, BlockInt4Linear):
+            parts = ["int4", [b["qs"], b["scales"], b["mins"]]]
+        elif isinstance(module, BlockInt8Linear):
+            parts = ["int8", [b["q"], b["scales"]]]
+        elif isinstance(module, Int8Linear) and module.in_features % kernels.reference.QK == 0:
+            parts = ["int8", [b["qweight"], b["scales"][:, None].contiguous()]]
+        elif isinstance(module, Int4Linear) and module.group_size % kernels.reference.QK == 0:
+            if module._blocks is None:
+                module._blocks = kernels.repack_int4(module.qweight, module.scales, module.zeros)
+            parts = ["int4", list(module._blocks)]
+        else:
+            raise Unfit(f"{type(module).__name__} layers")
+        bias = b["bias"]
+    elif isinstance(module, nn.Linear) and module.weight.dtype == torch.float32:
+        parts, bias = ["dense", [module.weight]], module.bias
+    else:
+        raise Unfit(f"{type(module).__name__} layers")
+    if bias is not None and bias.dtype != torch.float32:
+        raise Unfit("non-fp32 biases")
+    fmt, tensors = parts
+    if any(t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
+        raise Unfit("weights that are not contiguous CPU tensors")
+    return fmt, tensors, bias
+
+
+def _norm(module: nn.Module | None) -> torch.Tensor:
+    if not isinstance(module, RMSNorm) or module.weight.dtype != torch.float32:
+        raise Unfit("norms other than fp32 RMSNorm")
+    return module.weight.detach()
+
+
+def disabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "1") == "0"
+
+
+def build(model: nn.Module):
+    """A DecodePlan for the model, or raise Unfit with the reason."""
+    cfg = model.cfg
+    if kernels.backend() != "native":
+        raise Unfit("no native kernels")
+    if (cfg.norm != "rms" or cfg.parallel_block or cfg.post_norm or cfg.mlp != "gated" or cfg.act != "silu"
+            or cfg.pos == "alibi" or cfg.qk_norm or cfg.clip_qkv is not None or cfg.embed_proj_dim):
+        raise Unfit("the architecture (only pre-norm RMSNorm blocks with a gated SiLU MLP)")
+    bits: set[int] = set()
+    specs = []
+    for block in model.layers:
+        attn, mlp = block.attn, block.mlp
+        specs.append((_norm(block.attn_norm), _linear(attn.wqkv, bits), _linear(attn.wo, bits),
+                      _norm(block.mlp_norm), _linear(mlp.w_in, bits), _linear(mlp.w_out, bits), attn.scale))
+    head = _linear(model.lm_head, bits)
+    final = _norm(model.norm) if model.norm is not None else None
+    if len(bits) > 1:
+        raise Unfit("layers with different act_bits")
+    act_bits = bits.pop() if bits else 16
+    if act_bits not in (8, 16):
+        raise Unfit(f"act_bits {act_bits} (the exact fp32-activation path runs op by op)")
+    attn0 = model.layers[0].attn
+    plan = torch.classes.lmforge.DecodePlan(cfg.dim, attn0.n_heads, attn0.n_kv, attn0.hd, float(cfg.norm_eps),
+                                            bool(cfg.rope_interleaved), act_bits)
+    for attn_norm, qkv, o, mlp_norm, w_in, w_out, scale in specs:
+        ids = [plan.add_linear(*spec) for spec in (qkv, o, w_in, w_out)]
+        plan.add_layer(attn_norm, ids[0], ids[1], mlp_norm, ids[2], ids[3], float(scale))
+    plan.set_head(final, plan.add_linear(*head))
+    return plan

@@ -1,0 +1,156 @@
+"""The native decode step (models/native_step.py, kernels/csrc/decode_step.cpp): a one-token step of
+the whole model in one call must give the logits and the cache of the op-by-op path, for every kind of
+Linear it takes, every batch size, with and without rope biases and GQA; models it does not fit must
+fall back with a reason."""
+import os
+
+import pytest
+import torch
+import transformers as T
+
+from family_configs import perturbed
+from lmforge import LLM, kernels
+from lmforge.generation.engine import Prompts
+from lmforge.generation.sampling import GenerationConfig
+from lmforge.models import native_step
+from lmforge.quant.linear import set_activation_bits
+
+pytestmark = pytest.mark.skipif(kernels.backend() != "native", reason="the native kernels are not available")
+
+DIMS = dict(vocab_size=320, hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+            max_position_embeddings=256)  # widths multiples of 32: every quantized format fits
+
+
+def save(tmp_path_factory, name, model):
+    torch.manual_seed(0)
+    model = perturbed(model.eval())
+    path = tmp_path_factory.mktemp(name)
+    model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def llama_path(tmp_path_factory):
+    torch.manual_seed(0)
+    return save(tmp_path_factory, "llama", T.LlamaForCausalLM(T.LlamaConfig(**DIMS, num_key_value_heads=2)))
+
+
+@pytest.fixture(scope="module")
+def qwen2_path(tmp_path_factory):  # q/k/v biases, tied head
+    torch.manual_seed(0)
+    return save(tmp_path_factory, "qwen2", T.Qwen2ForCausalLM(T.Qwen2Config(**DIMS, num_key_value_heads=1,
+                                                                            tie_word_embeddings=True)))
+
+
+def decode_both(llm, prompts, steps=6, seed=0):
+    """Logits of `steps` teacher-forced decode steps for a left-padded batch, op by op and through the
+    native plan (each on its own cache); also the two caches at the end."""
+    eng = llm.engine
+    plan = eng.native_plan()
+    assert plan is not None, eng.native_plan_reason
+    batch_in = Prompts.pad(prompts, 0, eng.device)
+    B, P = batch_in.tokens.shape
+    total = P + steps
+    feeds = torch.randint(3, llm.config.vocab_size, (steps, B, 1), generator=torch.Generator().manual_seed(seed))
+    out = {}
+    for name, p in (("ops", None), ("native", plan)):
+        cache = eng.new_cache(B, total)
+        batch, key_valid, pos = eng.prefill_batch(batch_in, total)
+        eng.forward(batch_in.tokens, batch, cache, True)
+        logits = [eng.forward(feeds[i], eng.decode_batch(P + i, key_valid, pos), cache, True, plan=p)[:, -1]
+                  for i in range(steps)]
+        out[name] = (torch.stack(logits), cache)
+    return out
+
+
+def assert_same_step(out, atol=1e-4):
+    (ops, c_ops), (nat, c_nat) = out["ops"], out["native"]
+    err = (ops - nat).abs().max().item()
+    assert err <= atol, f"native step logits differ from the op-by-op path by {err:.2e}"
+    assert torch.equal(ops.argmax(-1), nat.argmax(-1))
+    assert (c_ops.k - c_nat.k).abs().max() <= 1e-5 and (c_ops.v - c_nat.v).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("quantize", [None, "int8", "int4", "int4-g64-asym"])
+@pytest.mark.parametrize("batch", [1, 3, 6])
+def test_matches_the_op_by_op_path(llama_path, quantize, batch):
+    llm = LLM(llama_path, quantize=quantize)
+    prompts = [list(range(5 + 3 * i, 12 + 5 * i)) for i in range(batch)]  # different lengths: left padding
+    assert_same_step(decode_both(llm, prompts))
+
+
+@pytest.mark.parametrize("act_bits", [16, 8])
+def test_biases_gqa_and_a_tied_head(qwen2_path, act_bits):
+    llm = LLM(qwen2_path, quantize="int8", act_bits=act_bits)
+    assert_same_step(decode_both(llm, [[4, 5, 6, 7], [9, 10]]))
+    dense = LLM(qwen2_path)
+    assert_same_step(decode_both(dense, [[4, 5, 6, 7, 8, 9, 10]]))
+
+
+def test_generation_is_unchanged(llama_path):
+    llm = LLM(llama_path, quantize="int4")
+    prompts = [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14]]
+    gen = GenerationConfig(max_new_tokens=20, ignore_eos=True)
+    fused = llm.generate_ids(prompts, gen)
+    os.environ[native_step.DISABLE_ENV] = "0"
+    try:
+        assert llm.engine.native_plan() is None and "LMFORGE_DECODE_STEP=0" in llm.engine.native_plan_reason
+        ops = llm.generate_ids(prompts, gen)
+    finally:
+        del os.environ[native_step.DISABLE_ENV]
+    assert fused == ops
+    assert llm.engine.native_plan() is not None
+
+
+def test_default_model(smollm2_path):
+    """The default GGUF (Q4_1 layers, Q8_0 tied head) in both rounded-activation modes, batch 1 and 5."""
+    llm = LLM()
+    try:
+        for bits in (16, 8):
+            set_activation_bits(llm.model, bits)
+            assert_same_step(decode_both(llm, [list(range(100, 120))], steps=4))
+        assert_same_step(decode_both(llm, [list(range(100, 100 + 3 * i + 2)) for i in range(5)], steps=3))
+    finally:
+        set_activation_bits(llm.model, 16)
+
+
+def test_plan_follows_the_model(llama_path):
+    """A changed act_bits or a replaced module makes a new plan; exact activations run op by op."""
+    llm = LLM(llama_path, quantize="int8")
+    eng = llm.engine
+    first = eng.native_plan()
+    assert first is not None and eng.native_plan() is first
+    set_activation_bits(llm.model, 8)
+    assert eng.native_plan() is not first
+    set_activation_bits(llm.model, 32)
+    assert eng.native_plan() is None and "act_bits 32" in eng.native_plan_reason
+
+
+def test_models_it_does_not_fit_fall_back_with_a_reason(tmp_path_factory):
+    gpt2 = save(tmp_path_factory, "gpt2", T.GPT2LMHeadModel(T.GPT2Config(vocab_size=256, n_embd=64, n_layer=2,
+                                                                          n_head=4, n_positions=64)))
+    llm = LLM(gpt2)
+    assert llm.engine.native_plan() is None and "architecture" in llm.engine.native_plan_reason
+    bf16 = LLM(gpt2, dtype="bfloat16")
+    assert bf16.engine.native_plan() is None and "fp32" in bf16.engine.native_plan_reason
+    gen = GenerationConfig(max_new_tokens=4, ignore_eos=True)
+    assert len(llm.generate_ids([[1, 2, 3]], gen)[0]) == 4
+
+
+def test_step_rejects_bad_input(llama_path):
+    llm = LLM(llama_path)
+    eng = llm.engine
+    plan = eng.native_plan()
+    cache = eng.new_cache(1, 16)
+    x, mask = torch.zeros(1, 128), torch.ones(1, 1, 1, 4, dtype=torch.bool)
+    no_rope = torch.empty(0)
+    logits = plan.step(x, no_rope, no_rope, cache.k, cache.v, 3, mask)
+    assert logits.shape == (1, 320)
+    with pytest.raises(RuntimeError, match="x must be fp32"):
+        plan.step(torch.zeros(1, 64), no_rope, no_rope, cache.k, cache.v, 3, mask)
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        plan.step(x, no_rope, no_rope, cache.k, cache.v, 16, mask)
+    with pytest.raises(RuntimeError, match="mask must be bool"):
+        plan.step(x, no_rope, no_rope, cache.k, cache.v, 3, mask.float())
+    with pytest.raises(RuntimeError, match="caches must be contiguous"):
+        plan.step(x, no_rope, no_rope, cache.k[:, :, :1], cache.v, 3, mask)
