@@ -68,7 +68,7 @@ def assert_same_step(out, atol=1e-4):
     err = (ops - nat).abs().max().item()
     assert err <= atol, f"native step logits differ from the op-by-op path by {err:.2e}"
     assert torch.equal(ops.argmax(-1), nat.argmax(-1))
-    assert (c_ops.k - c_nat.k).abs().max() <= 1e-5 and (c_ops.v - c_nat.v).abs().max() <= 1e-5
+    assert (c_ops.k - c_nat.k).abs().max() <= atol and (c_ops.v - c_nat.v).abs().max() <= atol
 
 
 @pytest.mark.parametrize("quantize", [None, "int8", "int4", "int4-g64-asym"])
@@ -127,30 +127,37 @@ def test_plan_follows_the_model(llama_path):
 
 
 def test_models_it_does_not_fit_fall_back_with_a_reason(tmp_path_factory):
-    gpt2 = save(tmp_path_factory, "gpt2", T.GPT2LMHeadModel(T.GPT2Config(vocab_size=256, n_embd=64, n_layer=2,
-                                                                          n_head=4, n_positions=64)))
-    llm = LLM(gpt2)
-    assert llm.engine.native_plan() is None and "architecture" in llm.engine.native_plan_reason
-    bf16 = LLM(gpt2, dtype="bfloat16")
-    assert bf16.engine.native_plan() is None and "fp32" in bf16.engine.native_plan_reason
+    bloom = save(tmp_path_factory, "bloom", T.BloomForCausalLM(T.BloomConfig(vocab_size=256, hidden_size=64,
+                                                                            n_layer=2, n_head=4)))
+    llm = LLM(bloom)
+    assert llm.engine.native_plan() is None and "ALiBi" in llm.engine.native_plan_reason
     gen = GenerationConfig(max_new_tokens=4, ignore_eos=True)
     assert len(llm.generate_ids([[1, 2, 3]], gen)[0]) == 4
+    gpt2 = save(tmp_path_factory, "gpt2", T.GPT2LMHeadModel(T.GPT2Config(vocab_size=256, n_embd=64, n_layer=2,
+                                                                          n_head=4, n_positions=64)))
+    assert LLM(gpt2).engine.native_plan() is not None
+    bf16 = LLM(gpt2, dtype="bfloat16")
+    assert bf16.engine.native_plan() is None and "fp32" in bf16.engine.native_plan_reason
 
 
-def test_step_rejects_bad_input(llama_path):
-    llm = LLM(llama_path)
-    eng = llm.engine
-    plan = eng.native_plan()
-    cache = eng.new_cache(1, 16)
-    x, mask = torch.zeros(1, 128), torch.ones(1, 1, 1, 4, dtype=torch.bool)
-    no_rope = torch.empty(0)
-    logits = plan.step(x, no_rope, no_rope, cache.k, cache.v, 3, mask)
-    assert logits.shape == (1, 320)
-    with pytest.raises(RuntimeError, match="x must be fp32"):
-        plan.step(torch.zeros(1, 64), no_rope, no_rope, cache.k, cache.v, 3, mask)
-    with pytest.raises(RuntimeError, match="outside the cache"):
-        plan.step(x, no_rope, no_rope, cache.k, cache.v, 16, mask)
-    with pytest.raises(RuntimeError, match="mask must be bool"):
-        plan.step(x, no_rope, no_rope, cache.k, cache.v, 3, mask.float())
-    with pytest.raises(RuntimeError, match="caches must be contiguous"):
-        plan.step(x, no_rope, no_rope, cache.k[:, :, :1], cache.v, 3, mask)
+WIDE = dict(vocab_size=320, max_position_embeddings=256)  # widths multiples of 32 for the int8 kernels
+FAMILIES = {
+    "gpt_neox": lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**WIDE, hidden_size=128, intermediate_size=256,
+                                                             num_hidden_layers=2, num_attention_heads=4)),
+    "gptj": lambda: T.GPTJForCausalLM(T.GPTJConfig(**WIDE, n_embd=128, n_inner=256, n_layer=2, n_head=4,
+                                                   rotary_dim=16, n_positions=256)),
+    "gpt2": lambda: T.GPT2LMHeadModel(T.GPT2Config(**WIDE, n_embd=128, n_layer=2, n_head=4, n_positions=256)),
+    "falcon_new_arch": lambda: T.FalconForCausalLM(T.FalconConfig(
+        vocab_size=320, hidden_size=128, num_hidden_layers=2, num_attention_heads=8, num_kv_heads=2,
+        new_decoder_architecture=True)),
+    "phi": lambda: T.PhiForCausalLM(T.PhiConfig(**WIDE, hidden_size=128, intermediate_size=256,
+                                                num_hidden_layers=2, num_attention_heads=4)),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_layer_norm_parallel_and_plain_mlp_families_quantized(tmp_path_factory, family):
+    """LayerNorm, parallel blocks (one norm or two) and GELU MLPs, with int8 weights and biases."""
+    llm = LLM(save(tmp_path_factory, family, FAMILIES[family]()), quantize="int8")
+    assert llm.engine.native_plan() is not None, llm.engine.native_plan_reason
+    assert_same_step(decode_both(llm, [[4, 5, 6, 7, 8], [9, 10, 11]]))

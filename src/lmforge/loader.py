@@ -113,4 +113,6 @@ def load(source: str | Path | None, dtype="float32", device="cpu", quantize=None
     if quantize is not None:
         from .quant import quantize_on_load
         quantize_on_load(model, quantize, src)
+    if hasattr(src, "release"):
+        src.release()
     return model, tokenizer, src

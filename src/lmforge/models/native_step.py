@@ -3,11 +3,14 @@
 A decode step of a small model is a couple of hundred tiny ops; run one by one from Python, their fixed
 costs (dispatch, the Python around them, a thread fork/join each) are about a third of the step. A
 ``DecodePlan`` holds references to a model's tensors and runs the layers, the final norm and the head of
-a one-token step as one parallel region. It fits pre-norm decoders with RMSNorm, rope (or learned / no
-positions, applied before the layers), no q/k norms, a gated SiLU MLP and Linears that are dense
-(fp32) or in lmforge's int4/int8 block layouts with rounded activations (act_bits 16 or 8):
-Llama, Mistral, Qwen2, SmolLM, TinyLlama and their GGUF and lmforge-quantized forms. Other models, fp32
-activations (act_bits 32), adapters left unmerged and the CUDA path run op by op, as before.
+a one-token step as one parallel region. It fits pre-norm decoders with RMSNorm or LayerNorm, rope
+(or learned / no positions, applied before the layers), sequential or parallel blocks, a gated SiLU or
+plain (GELU, ReLU, SiLU) MLP and Linears that are dense (fp32) or in lmforge's int4/int8 block layouts
+with rounded activations (act_bits 16 or 8): Llama, Mistral, Qwen2, SmolLM, TinyLlama, GPT-2, GPT-NeoX,
+GPT-J, CodeGen, Phi, Falcon (rope) and OPT-125m, and their GGUF and lmforge-quantized forms. ALiBi
+(Bloom, MPT, Falcon-RW), post-norm blocks and projected embeddings (OPT-350m), q/k norms, qkv clipping,
+fp32 activations for quantized weights (act_bits 32), adapters left unmerged and the CUDA path run op
+by op, as before.
 
 Set ``LMFORGE_DECODE_STEP=0`` to run every step op by op (for comparisons and debugging).
 """
@@ -50,7 +53,8 @@ def _linear(module: nn.Module, bits: set[int]) -> tuple[str, list[torch.Tensor],
                 module._blocks = kernels.repack_int4(module.qweight, module.scales, module.zeros)
             parts = ["int4", list(module._blocks)]
         else:
-            raise Unfit(f"{type(module).__name__} layers")
+            raise Unfit(f"{type(module).__name__} layers of {module.in_features} inputs (the kernels take "
+                        f"multiples of 32) or groups that are not")
         bias = b["bias"]
     elif isinstance(module, nn.Linear) and module.weight.dtype == torch.float32:
         parts, bias = ["dense", [module.weight]], module.bias
@@ -64,10 +68,19 @@ def _linear(module: nn.Module, bits: set[int]) -> tuple[str, list[torch.Tensor],
     return fmt, tensors, bias
 
 
-def _norm(module: nn.Module | None) -> torch.Tensor:
-    if not isinstance(module, RMSNorm) or module.weight.dtype != torch.float32:
-        raise Unfit("norms other than fp32 RMSNorm")
-    return module.weight.detach()
+def _norm(module: nn.Module | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(weight, bias) of an fp32 RMSNorm or LayerNorm; (None, None) for no norm."""
+    if module is None:
+        return None, None
+    if isinstance(module, RMSNorm):
+        bias = None
+    elif isinstance(module, nn.LayerNorm) and module.weight is not None:
+        bias = module.bias
+    else:
+        raise Unfit(f"{type(module).__name__} norms")
+    if module.weight.dtype != torch.float32 or (bias is not None and bias.dtype != torch.float32):
+        raise Unfit("non-fp32 norms")
+    return module.weight.detach(), None if bias is None else bias.detach()
 
 
 def disabled() -> bool:
@@ -79,9 +92,12 @@ def build(model: nn.Module):
     cfg = model.cfg
     if kernels.backend() != "native":
         raise Unfit("no native kernels")
-    if (cfg.norm != "rms" or cfg.parallel_block or cfg.post_norm or cfg.mlp != "gated" or cfg.act != "silu"
-            or cfg.pos == "alibi" or cfg.qk_norm or cfg.clip_qkv is not None or cfg.embed_proj_dim):
-        raise Unfit("the architecture (only pre-norm RMSNorm blocks with a gated SiLU MLP)")
+    if cfg.post_norm or cfg.pos == "alibi" or cfg.qk_norm or cfg.clip_qkv is not None or cfg.embed_proj_dim:
+        raise Unfit("the architecture (post-norm blocks, ALiBi, q/k norms, qkv clipping and projected "
+                    "embeddings run op by op)")
+    if cfg.norm not in ("rms", "layer") or (cfg.mlp == "gated" and cfg.act != "silu") or \
+            cfg.act not in ("silu", "gelu", "gelu_tanh", "relu"):
+        raise Unfit(f"the architecture ({cfg.norm} norms, {cfg.mlp} {cfg.act} MLP)")
     bits: set[int] = set()
     specs = []
     for block in model.layers:
@@ -89,7 +105,7 @@ def build(model: nn.Module):
         specs.append((_norm(block.attn_norm), _linear(attn.wqkv, bits), _linear(attn.wo, bits),
                       _norm(block.mlp_norm), _linear(mlp.w_in, bits), _linear(mlp.w_out, bits), attn.scale))
     head = _linear(model.lm_head, bits)
-    final = _norm(model.norm) if model.norm is not None else None
+    final = _norm(model.norm)
     if len(bits) > 1:
         raise Unfit("layers with different act_bits")
     act_bits = bits.pop() if bits else 16
@@ -97,9 +113,10 @@ def build(model: nn.Module):
         raise Unfit(f"act_bits {act_bits} (the exact fp32-activation path runs op by op)")
     attn0 = model.layers[0].attn
     plan = torch.classes.lmforge.DecodePlan(cfg.dim, attn0.n_heads, attn0.n_kv, attn0.hd, float(cfg.norm_eps),
-                                            bool(cfg.rope_interleaved), act_bits)
+                                            bool(cfg.rope_interleaved), act_bits, cfg.norm, bool(cfg.parallel_block),
+                                            cfg.mlp, cfg.act)
     for attn_norm, qkv, o, mlp_norm, w_in, w_out, scale in specs:
         ids = [plan.add_linear(*spec) for spec in (qkv, o, w_in, w_out)]
-        plan.add_layer(attn_norm, ids[0], ids[1], mlp_norm, ids[2], ids[3], float(scale))
-    plan.set_head(final, plan.add_linear(*head))
+        plan.add_layer(*attn_norm, ids[0], ids[1], *mlp_norm, ids[2], ids[3], float(scale))
+    plan.set_head(*final, plan.add_linear(*head))
     return plan

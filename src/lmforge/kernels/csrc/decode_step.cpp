@@ -1,5 +1,7 @@
-// A whole decode step in one native call, for pre-norm decoders with RMSNorm, rope (or none) and a
-// gated SiLU MLP (Llama, Mistral, Qwen2, SmolLM, TinyLlama, ...): the layers, the final norm and the head.
+// A whole decode step in one native call: the layers, the final norm and the head of pre-norm decoders
+// with RMSNorm or LayerNorm, rope (or none; learned positions are added to the input), sequential or
+// parallel attention and MLP, and a gated or plain MLP (Llama, Mistral, Qwen2, GPT-2, GPT-NeoX, GPT-J,
+// Phi, Falcon, OPT-125m, ...).
 //
 // A small model's decode step is ~200 tiny ops. Called one by one from Python, each pays its dispatch,
 // its Python around it and an OpenMP fork/join; on a 135M model that fixed cost is a third of the step
@@ -7,7 +9,9 @@
 // product by rows of the weight, and meet at a barrier between the dependent phases of a layer:
 //
 //   norm + rounding of x (thread 0) | qkv | rope + cache write | attention | rounding | o (+= x)
-//   | norm + rounding | gate/up | silu * up + rounding | down (+= x)
+//   | norm + rounding | gate/up (plain: fc1 and its activation) | silu * up + rounding | down (+= x)
+//
+// (a parallel block normalizes x once or twice up front, and both sublayers add into x.)
 //
 // The arithmetic is that of the single ops (the same tiles: qact.h, dense.h, attention.h), so the step
 // gives what the op-by-op path gives with the same act_bits, up to the fp32 summation order.
@@ -40,6 +44,47 @@ namespace {
 using namespace lmforge_qact;  // QK, QRow, round_row, dot_tile, Int4Rows, Int8Rows, for_tiles
 
 enum class Kind { DENSE_F32, INT4_F16, INT4_F32, INT8_F16, INT8_F32 };
+enum class Act { SILU, GELU, GELU_TANH, RELU };
+
+Act parse_act(const std::string& name) {
+  if (name == "silu") return Act::SILU;
+  if (name == "gelu") return Act::GELU;
+  if (name == "gelu_tanh") return Act::GELU_TANH;
+  TORCH_CHECK(name == "relu", "DecodePlan: unknown activation ", name);
+  return Act::RELU;
+}
+
+// the activations as torch computes them in fp32 (GELU: erf, or the tanh approximation)
+inline float activate(Act act, float x) {
+  switch (act) {
+    case Act::SILU: return x / (1.f + std::exp(-x));
+    case Act::GELU: return 0.5f * x * (1.f + std::erf(x * 0.70710678118654752f));
+    case Act::GELU_TANH: {
+      const float inner = 0.79788456080286536f * (x + 0.044715f * x * x * x);
+      return 0.5f * x * (1.f + std::tanh(inner));
+    }
+    default: return x > 0.f ? x : 0.f;
+  }
+}
+
+// A norm: RMSNorm (weight) or LayerNorm (weight, optional bias), over D values of fp32.
+struct Norm {
+  bool layer = false;
+  at::Tensor weight, bias;
+  bool defined() const { return weight.defined(); }
+  void apply(const float* x, int64_t D, float eps, float* y) const {
+    const float* w = weight.data_ptr<float>();
+    if (!layer) return lmforge_dense::rms_norm_row(x, w, D, eps, y);
+    double mean = 0.0, var = 0.0;
+    for (int64_t k = 0; k < D; ++k) mean += x[k];
+    mean /= static_cast<double>(D);
+    for (int64_t k = 0; k < D; ++k) var += (x[k] - mean) * (x[k] - mean);
+    const float m = static_cast<float>(mean);
+    const float inv = 1.f / std::sqrt(static_cast<float>(var / static_cast<double>(D)) + eps);
+    const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
+    for (int64_t k = 0; k < D; ++k) y[k] = (x[k] - m) * inv * w[k] + (b ? b[k] : 0.f);
+  }
+};
 
 struct Lin {
   Kind kind;
@@ -84,13 +129,15 @@ struct Rounded {
   }
 };
 
-// This thread's rows of y [M, N] = x @ W.T (+ bias); with `residual`, residual [M, N] += y instead
-// (y is then scratch). Integer weights read the rounded rows, dense ones x.
+// This thread's rows of y [M, N] = x @ W.T (+ bias), then the activation `act` when given; with
+// `residual`, residual [M, N] += y instead (y is then scratch). Integer weights read the rounded rows,
+// dense ones x.
 class Linear {
  public:
   Linear(const Lin& l, const Team& t) : l_(l), t_(t) {}
 
-  void run(const float* x, const Rounded& xr, int64_t M, float* y, float* residual, bool two) const {
+  void run(const float* x, const Rounded& xr, int64_t M, float* y, float* residual, bool two,
+           const Act* act = nullptr) const {
     int64_t r0 = 0, r1 = 0;
     for (int64_t m0 = 0; m0 < M; m0 += 4) {
       const int64_t mr = std::min<int64_t>(4, M - m0);
@@ -105,12 +152,14 @@ class Linear {
       r1 = rows.second;
     }
     const float* bias = l_.bias.defined() ? l_.bias.data_ptr<float>() : nullptr;
-    if (!bias && !residual) return;
+    if (!bias && !residual && !act) return;
     const int64_t N = l_.N;
     for (int64_t m = 0; m < M; ++m) {
       float* ym = y + m * N;
       if (bias)
         for (int64_t n = r0; n < r1; ++n) ym[n] += bias[n];
+      if (act)
+        for (int64_t n = r0; n < r1; ++n) ym[n] = activate(*act, ym[n]);
       if (residual)
         for (int64_t n = r0; n < r1; ++n) residual[m * N + n] += ym[n];
     }
@@ -174,10 +223,16 @@ class Linear {
 
 class DecodePlan : public torch::CustomClassHolder {
  public:
+  // norm: "rms" or "layer"; parallel: x + attn(n(x)) + mlp(n'(x)) blocks; mlp: "gated" (act(gate) * up,
+  // act silu) or "plain" (act(fc1)); act: silu, gelu, gelu_tanh or relu.
   DecodePlan(int64_t dim, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, double eps, bool interleaved,
-             int64_t act_bits)
+             int64_t act_bits, const std::string& norm, bool parallel, const std::string& mlp, const std::string& act)
       : D_(dim), H_(n_heads), KV_(n_kv_heads), hd_(head_dim), eps_(static_cast<float>(eps)),
-        interleaved_(interleaved), act_bits_(act_bits) {
+        interleaved_(interleaved), act_bits_(act_bits), layer_norm_(norm == "layer"), parallel_(parallel),
+        gated_(mlp == "gated"), act_(parse_act(act)) {
+    TORCH_CHECK(norm == "rms" || norm == "layer", "DecodePlan: norm must be rms or layer, got ", norm);
+    TORCH_CHECK(mlp == "gated" || mlp == "plain", "DecodePlan: mlp must be gated or plain, got ", mlp);
+    TORCH_CHECK(!gated_ || act_ == Act::SILU, "DecodePlan: gated MLPs are silu(gate) * up");
     TORCH_CHECK(dim > 0 && n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0 && head_dim > 0,
                 "DecodePlan: bad shape");
     TORCH_CHECK(act_bits == 8 || act_bits == 16, "DecodePlan: act_bits must be 8 or 16, got ", act_bits);
@@ -229,26 +284,27 @@ class DecodePlan : public torch::CustomClassHolder {
     return static_cast<int64_t>(lins_.size()) - 1;
   }
 
-  void add_layer(const at::Tensor& attn_norm, int64_t qkv, int64_t o, const at::Tensor& mlp_norm, int64_t w_in,
+  // mlp_norm may be absent in a parallel block whose sublayers share attn_norm.
+  void add_layer(const at::Tensor& attn_norm, const c10::optional<at::Tensor>& attn_norm_bias, int64_t qkv, int64_t o,
+                 const c10::optional<at::Tensor>& mlp_norm, const c10::optional<at::Tensor>& mlp_norm_bias, int64_t w_in,
                  int64_t w_out, double scale) {
     const int64_t n = static_cast<int64_t>(lins_.size());
     for (int64_t i : {qkv, o, w_in, w_out}) TORCH_CHECK(i >= 0 && i < n, "DecodePlan: no linear ", i);
-    check_norm(attn_norm);
-    check_norm(mlp_norm);
+    const Norm n1 = make_norm(attn_norm, attn_norm_bias);
+    const Norm n2 = mlp_norm.has_value() && mlp_norm->defined() ? make_norm(*mlp_norm, mlp_norm_bias) : Norm{};
+    TORCH_CHECK(parallel_ || n2.defined(), "DecodePlan: a sequential block needs its MLP norm");
     const int64_t q = H_ * hd_, heads = H_ + 2 * KV_;
     TORCH_CHECK(lins_[qkv].K == D_ && lins_[qkv].N == heads * hd_, "DecodePlan: qkv must be [", heads * hd_, ", ", D_, "]");
     TORCH_CHECK(lins_[o].K == q && lins_[o].N == D_, "DecodePlan: o must be [", D_, ", ", q, "]");
-    TORCH_CHECK(lins_[w_in].K == D_ && lins_[w_in].N % 2 == 0, "DecodePlan: the gate/up projection must be [2 hidden, D]");
-    TORCH_CHECK(lins_[w_out].K == lins_[w_in].N / 2 && lins_[w_out].N == D_, "DecodePlan: the down projection must be [D, hidden]");
-    layers_.push_back(Layer{attn_norm, mlp_norm, qkv, o, w_in, w_out, static_cast<float>(scale)});
+    const int64_t hidden = gated_ ? lins_[w_in].N / 2 : lins_[w_in].N;
+    TORCH_CHECK(lins_[w_in].K == D_ && (!gated_ || lins_[w_in].N % 2 == 0), "DecodePlan: the MLP input must be [(2) hidden, D]");
+    TORCH_CHECK(lins_[w_out].K == hidden && lins_[w_out].N == D_, "DecodePlan: the MLP output must be [D, hidden]");
+    layers_.push_back(Layer{n1, n2, qkv, o, w_in, w_out, static_cast<float>(scale)});
   }
 
-  void set_head(const c10::optional<at::Tensor>& norm, int64_t head) {
+  void set_head(const c10::optional<at::Tensor>& norm, const c10::optional<at::Tensor>& norm_bias, int64_t head) {
     TORCH_CHECK(head >= 0 && head < static_cast<int64_t>(lins_.size()) && lins_[head].K == D_, "DecodePlan: bad head");
-    if (norm.has_value() && norm->defined()) {
-      check_norm(*norm);
-      norm_ = *norm;
-    }
+    if (norm.has_value() && norm->defined()) norm_ = make_norm(*norm, norm_bias);
     head_ = head;
   }
 
@@ -284,13 +340,15 @@ class DecodePlan : public torch::CustomClassHolder {
       if (&l != &lins_[head_]) nmax = std::max(nmax, l.N);
     }
     at::Tensor res = x.clone();                                  // the residual stream
-    std::vector<float> h(B * widest), qkv(B * heads * hd_), y(B * nmax);
+    // h: a linear's input (norm, attention or MLP activation output); h2: the MLP's normalized input
+    std::vector<float> h(B * widest), h2(B * D_), qkv(B * heads * hd_), y(B * nmax);
     at::Tensor logits = at::empty({B, V}, x.options());
     Rounded rounded;
     rounded.reserve(B, kmax);
 
     float* rp = res.data_ptr<float>();
     float* hp = h.data();
+    float* h2p = h2.data();
     float* qkvp = qkv.data();
     float* yp = y.data();
     float* out = logits.data_ptr<float>();
@@ -318,8 +376,8 @@ class DecodePlan : public torch::CustomClassHolder {
       auto prepare = [&](const Lin& l, const float* in) {
         if (l.integer()) rounded.round(in, B, l.K, two);
       };
-      auto norm_rows = [&](const at::Tensor& w, const float* in, float* o) {
-        for (int64_t m = 0; m < B; ++m) lmforge_dense::rms_norm_row(in + m * D_, w.data_ptr<float>(), D_, eps_, o + m * D_);
+      auto norm_rows = [&](const Norm& n, const float* in, float* o) {
+        for (int64_t m = 0; m < B; ++m) n.apply(in + m * D_, D_, eps_, o + m * D_);
       };
       for (int64_t li = 0; li < NL; ++li) {
         const Layer& layer = layers_[li];
@@ -328,6 +386,13 @@ class DecodePlan : public torch::CustomClassHolder {
         float* vl = vc + li * layer_stride;
         if (t.id == 0) {
           norm_rows(layer.attn_norm, rp, hp);
+          if (parallel_) {  // both sublayers read the block's input
+            if (layer.mlp_norm.defined()) {
+              norm_rows(layer.mlp_norm, rp, h2p);
+            } else {
+              std::copy(hp, hp + B * D_, h2p);
+            }
+          }
           prepare(wqkv, hp);
         }
         barrier();
@@ -360,17 +425,24 @@ class DecodePlan : public torch::CustomClassHolder {
         barrier();
         phase_end(5);
         if (t.id == 0) {
-          norm_rows(layer.mlp_norm, rp, hp);
-          prepare(win, hp);
+          if (!parallel_) norm_rows(layer.mlp_norm, rp, h2p);
+          prepare(win, h2p);
         }
         barrier();
         phase_end(6);
-        Linear(win, t).run(hp, rounded, B, yp, nullptr, two);
+        if (gated_) {
+          Linear(win, t).run(h2p, rounded, B, yp, nullptr, two);
+        } else {  // fc1 and its activation, straight into the next linear's input
+          Linear(win, t).run(h2p, rounded, B, hp, nullptr, two, &act_);
+        }
         barrier();
         phase_end(7);
         if (t.id == 0) {
-          const int64_t hidden = win.N / 2;
-          for (int64_t m = 0; m < B; ++m) lmforge_dense::silu_mul_row(yp + m * win.N, yp + m * win.N + hidden, hidden, hp + m * hidden);
+          if (gated_) {
+            const int64_t hidden = win.N / 2;
+            for (int64_t m = 0; m < B; ++m)
+              lmforge_dense::silu_mul_row(yp + m * win.N, yp + m * win.N + hidden, hidden, hp + m * hidden);
+          }
           prepare(wout, hp);
         }
         barrier();
@@ -411,23 +483,35 @@ class DecodePlan : public torch::CustomClassHolder {
 
  private:
   struct Layer {
-    at::Tensor attn_norm, mlp_norm;
+    Norm attn_norm, mlp_norm;
     int64_t qkv, o, in, out;
     float scale;
   };
 
-  void check_norm(const at::Tensor& w) const {
-    TORCH_CHECK(w.scalar_type() == at::kFloat && w.numel() == D_ && w.is_contiguous() && w.device().is_cpu(),
-                "DecodePlan: norm weights must be contiguous fp32 [", D_, "]");
+  Norm make_norm(const at::Tensor& w, const c10::optional<at::Tensor>& b) const {
+    auto check = [&](const at::Tensor& t) {
+      TORCH_CHECK(t.scalar_type() == at::kFloat && t.numel() == D_ && t.is_contiguous() && t.device().is_cpu(),
+                  "DecodePlan: norm weights and biases must be contiguous fp32 [", D_, "]");
+    };
+    check(w);
+    Norm n{layer_norm_, w, at::Tensor()};
+    if (b.has_value() && b->defined()) {
+      TORCH_CHECK(layer_norm_, "DecodePlan: RMSNorm has no bias");
+      check(*b);
+      n.bias = *b;
+    }
+    return n;
   }
 
   int64_t D_, H_, KV_, hd_;
   float eps_;
   bool interleaved_;
   int64_t act_bits_;
+  bool layer_norm_, parallel_, gated_;
+  Act act_;
   std::vector<Lin> lins_;
   std::vector<Layer> layers_;
-  at::Tensor norm_;
+  Norm norm_;
   int64_t head_ = -1;
   bool profiling_ = false;
   double phase_seconds_[PHASES] = {};
@@ -437,7 +521,8 @@ class DecodePlan : public torch::CustomClassHolder {
 
 TORCH_LIBRARY_FRAGMENT(lmforge, m) {
   m.class_<DecodePlan>("DecodePlan")
-      .def(torch::init<int64_t, int64_t, int64_t, int64_t, double, bool, int64_t>())
+      .def(torch::init<int64_t, int64_t, int64_t, int64_t, double, bool, int64_t, std::string, bool, std::string,
+                       std::string>())
       .def("add_linear", &DecodePlan::add_linear)
       .def("add_layer", &DecodePlan::add_layer)
       .def("set_head", &DecodePlan::set_head)
