@@ -41,7 +41,7 @@
 
 namespace {
 
-using namespace lmforge_qact;  // QK, QRow, round_row, dot_tile, Int4Rows, Int8Rows, for_tiles
+using namespace lmforge_qact;  // QK, QRow, RoundedRows, dot_tile, Int4Rows, Int8Rows, for_tiles
 
 enum class Kind { DENSE_F32, INT4_F16, INT4_F32, INT8_F16, INT8_F32 };
 enum class Act { SILU, GELU, GELU_TANH, RELU };
@@ -105,30 +105,6 @@ inline void barrier() {
 #pragma omp barrier
 }
 
-// Activation rows rounded for the integer kernels: codes, block scales and sums, per row.
-struct Rounded {
-  std::vector<int8_t> codes;
-  std::vector<float> meta;
-  std::vector<QRow> rows;
-  void reserve(int64_t M, int64_t K) {
-    const int64_t nb8 = (K / QK + 7) / 8 * 8;
-    codes.assign(M * K * 2, 0);
-    meta.assign(M * nb8 * 2, 0.f);
-    rows.resize(M);
-  }
-  // round M rows of x [M, K] (one or two planes); block scales and sums past K / 32 stay zero
-  void round(const float* x, int64_t M, int64_t K, bool two) {
-    const int64_t nb8 = (K / QK + 7) / 8 * 8;
-    for (int64_t m = 0; m < M; ++m) {
-      int8_t* a = codes.data() + m * K * 2;
-      float* d = meta.data() + m * nb8 * 2;
-      std::fill(d, d + nb8 * 2, 0.f);
-      round_row(x + m * K, K, two, a, a + K, d, d + nb8);
-      rows[m] = QRow{a, a + K, d, d + nb8};
-    }
-  }
-};
-
 // This thread's rows of y [M, N] = x @ W.T (+ bias), then the activation `act` when given; with
 // `residual`, residual [M, N] += y instead (y is then scratch). Integer weights read the rounded rows,
 // dense ones x.
@@ -136,7 +112,7 @@ class Linear {
  public:
   Linear(const Lin& l, const Team& t) : l_(l), t_(t) {}
 
-  void run(const float* x, const Rounded& xr, int64_t M, float* y, float* residual, bool two,
+  void run(const float* x, const RoundedRows& xr, int64_t M, float* y, float* residual, bool two,
            const Act* act = nullptr) const {
     int64_t r0 = 0, r1 = 0;
     for (int64_t m0 = 0; m0 < M; m0 += 4) {
@@ -208,7 +184,7 @@ class Linear {
   }
 
   template <int MR>
-  std::pair<int64_t, int64_t> group(const float* x, const Rounded& xr, int64_t m0, float* y, bool two) const {
+  std::pair<int64_t, int64_t> group(const float* x, const RoundedRows& xr, int64_t m0, float* y, bool two) const {
     float* ym = y + m0 * l_.N;
     switch (l_.kind) {
       case Kind::DENSE_F32: return dense<MR>(l_.w.data_ptr<float>(), x + m0 * l_.K, ym);
@@ -333,18 +309,16 @@ class DecodePlan : public torch::CustomClassHolder {
     const at::Tensor cs = cos.contiguous(), sn = sin.contiguous();
 
     const int64_t heads = H_ + 2 * KV_, V = lins_[head_].N;
-    int64_t widest = std::max(D_, H_ * hd_), kmax = D_, nmax = D_;
+    int64_t widest = std::max(D_, H_ * hd_), nmax = D_;
     for (const Lin& l : lins_) {
       widest = std::max(widest, l.K);
-      kmax = std::max(kmax, l.K);
       if (&l != &lins_[head_]) nmax = std::max(nmax, l.N);
     }
     at::Tensor res = x.clone();                                  // the residual stream
     // h: a linear's input (norm, attention or MLP activation output); h2: the MLP's normalized input
     std::vector<float> h(B * widest), h2(B * D_), qkv(B * heads * hd_), y(B * nmax);
     at::Tensor logits = at::empty({B, V}, x.options());
-    Rounded rounded;
-    rounded.reserve(B, kmax);
+    RoundedRows rounded;  // the rounded input of the current linear (thread 0 writes it between barriers)
 
     float* rp = res.data_ptr<float>();
     float* hp = h.data();

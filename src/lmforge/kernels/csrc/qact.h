@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace lmforge_qact {
 
@@ -19,16 +20,19 @@ using namespace lmforge_simd;
 
 // ---------------------------------------------------------------------- activation rounding
 
-// One row of x, rounded per block: a (and b) int8 [K], d [K/32] (already divided by 254 when two
-// planes are used, see below), sums [K/32] the exact fp32 sums of the blocks.
+// One row of x, rounded per block: with one plane the int8 codes a [K]; with two the int16 codes
+// c = 254 a + b [K] (|c| <= 32385), which carry both planes into one product; d [K/32] the block
+// scales (divided by 254 with two planes), sums [K/32] the exact fp32 sums of the blocks.
 struct QRow {
-  const int8_t *a, *b;
+  const int8_t* a;
+  const int16_t* c;
   const float *d, *sums;
 };
 
-// Round x [K] into a, b, d, sums. The products below use d for a and d / 254 for b, so with two planes
-// d is stored as d / 254 and the integer sum is formed as 254 * (q . a) + (q . b).
-inline void round_row(const float* x, int64_t K, bool two, int8_t* a, int8_t* b, float* d, float* sums) {
+// Round x [K] into a (one plane) or c (two), d and sums. With two planes the integer sum of a block is
+// q . c = 254 (q . a) + (q . b), made by madd on int16 (exact: no product or pair sum overflows), and
+// d is stored as d / 254.
+inline void round_row(const float* x, int64_t K, bool two, int8_t* a, int16_t* c16, float* d, float* sums) {
   const __m256 sign = _mm256_set1_ps(-0.f);
   for (int64_t blk = 0; blk < K / QK; ++blk) {
     const float* xb = x + blk * QK;
@@ -59,17 +63,46 @@ inline void round_row(const float* x, int64_t K, bool two, int8_t* a, int8_t* b,
       const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_permutevar8x32_epi32(p, order));
     };
-    pack(ia, a + blk * QK);
-    if (two) pack(ib, b + blk * QK);
+    if (two) {  // c = 254 a + b as int16, in column order (packs works per 128-bit lane)
+      for (int h = 0; h < 2; ++h) {
+        const __m256i lo = _mm256_add_epi32(_mm256_mullo_epi32(ia[2 * h], _mm256_set1_epi32(254)), ib[2 * h]);
+        const __m256i hi = _mm256_add_epi32(_mm256_mullo_epi32(ia[2 * h + 1], _mm256_set1_epi32(254)), ib[2 * h + 1]);
+        const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(c16 + blk * QK + 16 * h), packed);
+      }
+    } else {
+      pack(ia, a + blk * QK);
+    }
     d[blk] = two ? scale / 254.f : scale;
     sums[blk] = hsum(sum);
   }
 }
 
+// M rows of x rounded for the products: each row's codes, block scales and sums, and their QRow views.
+struct RoundedRows {
+  std::vector<int8_t> a;
+  std::vector<int16_t> c;
+  std::vector<float> meta;
+  std::vector<QRow> rows;
+  void round(const float* x, int64_t M, int64_t K, bool two) {
+    const int64_t nb8 = (K / QK + 7) / 8 * 8;  // block scales and sums padded with zeros to 8
+    (two ? c.resize(M * K) : a.resize(M * K));
+    meta.assign(M * nb8 * 2, 0.f);
+    rows.resize(M);
+    for (int64_t m = 0; m < M; ++m) {
+      int8_t* am = two ? nullptr : a.data() + m * K;
+      int16_t* cm = two ? c.data() + m * K : nullptr;
+      float* d = meta.data() + m * nb8 * 2;
+      round_row(x + m * K, K, two, am, cm, d, d + nb8);
+      rows[m] = QRow{am, cm, d, d + nb8};
+    }
+  }
+};
+
 // --------------------------------------------------------------------------- weight decoders
 // codes(block) gives the 32 codes of a block as bytes in column order, in the form maddubs takes
 // (unsigned first operand): int4 codes 0..15 as they are; int8 codes as |q|, their signs moved onto
-// the activation (sign_epi8).
+// the activation (sign_epi8). codes16(block, lo, hi) gives them as int16, columns 0-15 and 16-31.
 
 template <typename S>
 struct Int4Rows : Int4Layout<S> {
@@ -79,6 +112,11 @@ struct Int4Rows : Int4Layout<S> {
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
   }
   static __m256i signed_act(__m256i act, const uint8_t*) { return act; }
+  static void codes16(const uint8_t* block, __m256i& lo, __m256i& hi) {
+    const __m256i wide = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block)));
+    lo = _mm256_and_si256(wide, _mm256_set1_epi16(0x0F));
+    hi = _mm256_srli_epi16(wide, 4);
+  }
 };
 
 template <typename S>
@@ -86,6 +124,10 @@ struct Int8Rows : Int8Layout<S> {
   static __m256i load(const int8_t* block) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block)); }
   static __m256i codes(const int8_t* block) { return _mm256_abs_epi8(load(block)); }
   static __m256i signed_act(__m256i act, const int8_t* block) { return _mm256_sign_epi8(act, load(block)); }
+  static void codes16(const int8_t* block, __m256i& lo, __m256i& hi) {
+    lo = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block)));
+    hi = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 16)));
+  }
 };
 
 // ------------------------------------------------------------------------------------ tiles
@@ -118,15 +160,16 @@ __attribute__((always_inline)) inline void block_params(const Rows& w, int64_t N
 }
 
 // y[m * N + n0 + r] for R weight rows and MR activation rows. Per block the integer sum is turned to
-// fp32 and multiplied with scale * d (made 8 blocks at a time into `sd`); the mins multiply the block
-// sums of x in vector accumulators.
+// fp32 and multiplied with scale * d (made 8 blocks at a time into `sd`); the mins times the block sums
+// of x go into the same accumulators. One plane: maddubs (u8 x s8) and madd with ones; two: the codes
+// widened to int16 once per weight row and madd with every row's c.
 template <int R, int MR, bool TWO, typename Rows>
 inline void dot_tile(const Rows& w, int64_t n0, const QRow* xr, float* y, int64_t N) {
   const int64_t nb = w.K / QK, bpg = nb / w.G;
-  const __m256i ones = _mm256_set1_epi16(1), k254 = _mm256_set1_epi16(254);
-  __m256 acc[R][MR], macc[R][MR];
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[R][MR];
   UNROLL for (int r = 0; r < R; ++r)
-    UNROLL for (int m = 0; m < MR; ++m) acc[r][m] = macc[r][m] = _mm256_setzero_ps();
+    UNROLL for (int m = 0; m < MR; ++m) acc[r][m] = _mm256_setzero_ps();
   alignas(32) float sd[R][MR][8];
   alignas(32) float ws[8], wm[8];
   for (int64_t b0 = 0; b0 < nb; b0 += 8) {
@@ -136,36 +179,43 @@ inline void dot_tile(const Rows& w, int64_t n0, const QRow* xr, float* y, int64_
       UNROLL for (int m = 0; m < MR; ++m) {  // the activation's scales and sums are zero past the end
         _mm256_store_ps(sd[r][m], _mm256_mul_ps(_mm256_load_ps(ws), _mm256_loadu_ps(xr[m].d + b0)));
         if constexpr (Rows::HAS_MIN)
-          macc[r][m] = _mm256_fmadd_ps(_mm256_load_ps(wm), _mm256_loadu_ps(xr[m].sums + b0), macc[r][m]);
+          acc[r][m] = _mm256_fmadd_ps(_mm256_load_ps(wm), _mm256_loadu_ps(xr[m].sums + b0), acc[r][m]);
       }
     }
     for (int64_t j = 0; j < n; ++j) {
       const int64_t blk = b0 + j;
-      __m256i av[MR], bv[MR];
-      UNROLL for (int m = 0; m < MR; ++m) {
-        av[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[m].a + blk * QK));
-        if constexpr (TWO) bv[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[m].b + blk * QK));
-      }
-      UNROLL for (int r = 0; r < R; ++r) {
-        const auto* block = w.row(n0 + r) + blk * Rows::BLOCK_BYTES;
-        // the same block of the next tile's rows: far enough ahead to hide the latency of L3 or DRAM
-        _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + R + r) + blk * Rows::BLOCK_BYTES), _MM_HINT_T0);
-        const __m256i q = Rows::codes(block);
-        UNROLL for (int m = 0; m < MR; ++m) {
-          __m256i s = _mm256_maddubs_epi16(q, Rows::signed_act(av[m], block));
-          if constexpr (TWO) {
-            const __m256i lo = _mm256_maddubs_epi16(q, Rows::signed_act(bv[m], block));
-            s = _mm256_add_epi32(_mm256_madd_epi16(s, k254), _mm256_madd_epi16(lo, ones));
-          } else {
-            s = _mm256_madd_epi16(s, ones);
+      if constexpr (TWO) {
+        UNROLL for (int r = 0; r < R; ++r) {
+          const auto* block = w.row(n0 + r) + blk * Rows::BLOCK_BYTES;
+          // the same block of the next tile's rows: far enough ahead to hide the latency of L3 or DRAM
+          _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + R + r) + blk * Rows::BLOCK_BYTES), _MM_HINT_T0);
+          __m256i lo, hi;
+          Rows::codes16(block, lo, hi);
+          UNROLL for (int m = 0; m < MR; ++m) {
+            const int16_t* c = xr[m].c + blk * QK;
+            const __m256i s = _mm256_add_epi32(
+                _mm256_madd_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c))),
+                _mm256_madd_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 16))));
+            acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcast_ss(&sd[r][m][j]), acc[r][m]);
           }
-          acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcast_ss(&sd[r][m][j]), acc[r][m]);
+        }
+      } else {
+        __m256i av[MR];
+        UNROLL for (int m = 0; m < MR; ++m) av[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[m].a + blk * QK));
+        UNROLL for (int r = 0; r < R; ++r) {
+          const auto* block = w.row(n0 + r) + blk * Rows::BLOCK_BYTES;
+          _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + R + r) + blk * Rows::BLOCK_BYTES), _MM_HINT_T0);
+          const __m256i q = Rows::codes(block);
+          UNROLL for (int m = 0; m < MR; ++m) {
+            const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(q, Rows::signed_act(av[m], block)), ones);
+            acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcast_ss(&sd[r][m][j]), acc[r][m]);
+          }
         }
       }
     }
   }
   UNROLL for (int r = 0; r < R; ++r)
-    UNROLL for (int m = 0; m < MR; ++m) y[m * N + n0 + r] = hsum(Rows::HAS_MIN ? _mm256_add_ps(acc[r][m], macc[r][m]) : acc[r][m]);
+    UNROLL for (int m = 0; m < MR; ++m) y[m * N + n0 + r] = hsum(acc[r][m]);
 }
 
 }  // namespace lmforge_qact

@@ -4,10 +4,11 @@
 // Each row of x is rounded per block of 32 columns to int8 codes a with scale d = max|x| / 127
 // (round to nearest): x ~ d * a. With `bits` = 16 the rounding error is rounded once more, to int8
 // codes b with scale d / 254: x ~ d * (a + b / 254), about 15 bits per block (relative error ~2e-5 of
-// the block's largest value), which makes the product all but exact at twice the integer work.
-// A block's dot product with a weight row is then integer arithmetic (maddubs: unsigned x signed bytes),
+// the block's largest value), which makes the product all but exact. A block's dot product with a
+// weight row is then integer arithmetic,
 //   sum_j w_j x_j = scale * d * (sum q_j a_j [+ sum q_j b_j / 254]) + min * sum_j x_j,
-// the last term with the exact fp32 sum of the block's x. That takes fewer instructions per weight than
+// the last term with the exact fp32 sum of the block's x: one plane by maddubs (unsigned x signed
+// bytes), two as one int16 product with c = 254 a + b (madd), see qact.h. That takes fewer instructions per weight than
 // widening every weight to fp32 (quant_linear.cpp); benchmarks/kernels.py measures both.
 // reference.py (int4_linear / int8_linear with act_bits) defines the same rounding in PyTorch.
 #include <ATen/ATen.h>
@@ -37,19 +38,10 @@ void gemv(const Rows& w, const QRow* xr, float* y, int64_t N, int64_t bytes_per_
 
 template <bool TWO, typename Rows>
 void gemv_rows(const Rows& w, const float* x, float* y, int64_t M, int64_t N, int64_t K, int64_t bytes_per_row) {
-  const int64_t nb = K / QK, nb8 = (nb + 7) / 8 * 8;  // block scales and sums padded with zeros to 8
-  std::vector<int8_t> codes(M * K * (TWO ? 2 : 1));
-  std::vector<float> meta(M * nb8 * 2, 0.f);
-  std::vector<QRow> rows(M);
-  for (int64_t m = 0; m < M; ++m) {
-    int8_t* a = codes.data() + m * K * (TWO ? 2 : 1);
-    int8_t* b = TWO ? a + K : nullptr;
-    float* d = meta.data() + m * nb8 * 2;
-    round_row(x + m * K, K, TWO, a, b, d, d + nb8);
-    rows[m] = QRow{a, b, d, d + nb8};
-  }
+  RoundedRows rounded;
+  rounded.round(x, M, K, TWO);
   for (int64_t m0 = 0; m0 < M; m0 += MAX_ROWS) {
-    const QRow* xr = rows.data() + m0;
+    const QRow* xr = rounded.rows.data() + m0;
     float* ym = y + m0 * N;
     switch (std::min(MAX_ROWS, M - m0)) {
       case 1: gemv<1, TWO>(w, xr, ym, N, bytes_per_row); break;
