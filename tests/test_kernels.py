@@ -47,6 +47,23 @@ def test_int4_linear_matches_reference(native, M, N, K, dtype):
         assert_matches_reference(kernels.int4_linear(x, *weights), reference.int4_linear(x, *weights))
 
 
+@pytest.mark.parametrize("act_bits", [32, 16, 8])
+@pytest.mark.parametrize("M", [1, 5, 40])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_symmetric_int4_empty_mins_mean_minus_eight_scales(native, act_bits, M, dtype):
+    """Empty mins [N, 0] (GGUF Q4_0) compute what mins = -8 * scale compute, in every path."""
+    qs, scales, _ = random_int4(72, 256, 32, dtype, seed=3)
+    x = torch.randn(M, 256, generator=torch.Generator().manual_seed(4))
+    empty, explicit = scales.new_empty((72, 0)), scales * -8
+    y = kernels.int4_linear(x, qs, scales, empty, act_bits)
+    assert_matches_reference(y, kernels.int4_linear(x, qs, scales, explicit, act_bits))
+    assert_matches_reference(y, reference.int4_linear(x, qs, scales, empty, act_bits))
+    assert torch.equal(reference.dequantize_int4_blocks(qs, scales, empty),
+                       reference.dequantize_int4_blocks(qs, scales, explicit))
+    with pytest.raises(RuntimeError, match="mins must match scales"):
+        kernels.int4_linear(x, qs, scales, scales.new_empty((72, 1)), act_bits)
+
+
 @pytest.mark.parametrize("M,N,K", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_int8_linear_matches_reference(native, M, N, K, dtype):
@@ -197,6 +214,7 @@ def test_repack_lmforge_int4(group, sym):
     packed, scales, zeros = formats.quantize_int4(w, group, sym)
     qs, s, m = kernels.repack_int4(packed, scales, zeros)
     assert s.dtype == m.dtype == torch.float32 and s.shape == (10, 256 // group)
+    assert m.shape == ((10, 0) if sym else s.shape)  # symmetric: min = -8 s, not stored
     torch.testing.assert_close(reference.dequantize_int4_blocks(qs, s, m),
                                formats.dequantize_int4(packed, scales, zeros), rtol=0, atol=1e-6)
 

@@ -36,8 +36,9 @@ VOCAB_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggm
 TESTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
 
 # GGUF types executed natively -> the kernel format they are repacked into
-NATIVE_TYPES = {"Q4_0": "q4", "Q4_1": "q4", "Q8_0": "q8"}
-NATIVE_TENSORS = {"q4": ("qs", "scales", "mins"), "q8": ("q", "scales")}  # what one GGUF weight becomes
+NATIVE_TYPES = {"Q4_0": "q4s", "Q4_1": "q4", "Q8_0": "q8"}  # q4s: int4 with min = -8 scale (no mins read)
+NATIVE_TENSORS = {"q4": ("qs", "scales", "mins"), "q4s": ("qs", "scales", "mins"),  # q4s: mins [N, 0]
+                  "q8": ("q", "scales")}  # what one GGUF weight becomes
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -266,7 +267,8 @@ class GGUFSource:
         """Put empty block-format modules (meta device) where the plan runs weights natively."""
         from ..quant.linear import BlockEmbedding, BlockInt4Linear, BlockInt8Linear, TiedHead, set_module
 
-        classes = {"q4": BlockInt4Linear, "q8": BlockInt8Linear}
+        classes = {"q4": BlockInt4Linear, "q4s": partial(BlockInt4Linear, symmetric=True),
+                   "q8": BlockInt8Linear}
         with torch.device("meta"):
             for name, kind in self.native.items():
                 if name == "embed":
@@ -314,7 +316,7 @@ def module_of(family: Family, tensor_name: str) -> str | None:
 
 
 def native_plan(tensors, family: Family) -> dict[str, str]:
-    """lmforge module -> kernel format ("q4" / "q8") for every module whose GGUF weights (all the
+    """lmforge module -> kernel format ("q4" / "q4s" / "q8") for every module whose GGUF weights (all the
     parts of a fused one: q, k, v) have types the kernels run; the embedding too ("embed")."""
     kinds: dict[str, set[str | None]] = collections.defaultdict(set)
     for t in tensors:

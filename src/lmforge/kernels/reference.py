@@ -29,10 +29,16 @@ def _per_column(t: torch.Tensor, K: int) -> torch.Tensor:
     return t.float().repeat_interleave(K // t.shape[1], dim=1)
 
 
+def int4_mins(scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
+    """The mins of the int4 layout: `mins`, or -8 * scales where mins is empty [N, 0] (symmetric codes,
+    GGUF Q4_0; exact in fp16: a power-of-two multiple)."""
+    return mins if mins.numel() or not scales.numel() else scales * -8
+
+
 def dequantize_int4_blocks(qs: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
     """The weight [N, K] fp32 of the int4 kernel layout: w = q * scale + min."""
     q = unpack_int4_blocks(qs).float()
-    return q * _per_column(scales, q.shape[1]) + _per_column(mins, q.shape[1])
+    return q * _per_column(scales, q.shape[1]) + _per_column(int4_mins(scales, mins), q.shape[1])
 
 
 def dequantize_int8_blocks(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -72,6 +78,7 @@ def int4_linear(x: torch.Tensor, qs: torch.Tensor, scales: torch.Tensor, mins: t
                 act_bits: int = 32) -> torch.Tensor:
     # x: [..., K] -> [..., N]. The mins multiply the exact block sums of x, so only q * scale sees the
     # rounded activation.
+    mins = int4_mins(scales, mins)
     w = dequantize_int4_blocks(qs, scales, torch.zeros_like(mins)).to(x.device)
     xr = _activations(x, act_bits)
     mins_part = F.linear(x.float(), _per_column(mins, w.shape[1]).to(x.device))

@@ -40,10 +40,11 @@ def _nibbles(blocks: torch.Tensor, offset: int) -> torch.Tensor:
 
 
 def repack_gguf_q4_0(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """GGUF Q4_0 bytes -> (qs uint8 [N, K/2], scales fp16 [N, K/32], mins fp16 [N, K/32]); min = -8 d."""
+    """GGUF Q4_0 bytes -> (qs uint8 [N, K/2], scales fp16 [N, K/32], mins fp16 [N, 0]): empty mins say
+    min = -8 d (symmetric codes), which the kernels compute instead of reading."""
     blocks = _blocks(raw, Q4_0_BYTES, "Q4_0")
     d = _fp16(blocks, 0)
-    return _nibbles(blocks, 2), d.contiguous(), (d * -8).contiguous()  # exact: a power-of-two multiple
+    return _nibbles(blocks, 2), d.contiguous(), d.new_empty((d.shape[0], 0))
 
 
 def repack_gguf_q4_1(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -62,14 +63,17 @@ def repack_gguf_q8_0(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def repack_int4(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """lmforge int4 (uint8 [N, K/2] column pairs, scales [N, G], zeros [N, G]) -> (qs uint8 [N, K/2],
-    scales fp32 [N, G], mins fp32 [N, G]) with min = -z * s. The group size must be a multiple of 32."""
+    scales fp32 [N, G], mins fp32 [N, G]) with min = -z * s, or empty mins [N, 0] when every zero point
+    is 8 (symmetric quantization: the kernels then compute min = -8 s). The group size must be a
+    multiple of 32."""
     from ..quant.formats import unpack_int4
 
     K = packed.shape[1] * 2
     if (K // scales.shape[1]) % QK:
         raise ValueError(f"the kernels need a group size that is a multiple of {QK}, got {K // scales.shape[1]}")
     s = scales.float().contiguous()
-    return pack_int4_blocks(unpack_int4(packed)), s, (-zeros.float() * s).contiguous()
+    mins = s.new_empty((s.shape[0], 0)) if bool((zeros == 8).all()) else (-zeros.float() * s).contiguous()
+    return pack_int4_blocks(unpack_int4(packed)), s, mins
 
 
 def repack_int8(q: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

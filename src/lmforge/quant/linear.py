@@ -241,20 +241,22 @@ class FP8Linear(QuantLinear):
 class BlockInt4Linear(QuantLinear):
     """int4 in blocks of 32 input columns, the layout of lmforge's native kernels (GGUF Q4_0 / Q4_1
     repacked at load): ``qs`` uint8 [N, K/2], ``scales`` and ``mins`` [N, G] float16 or float32,
-    w = q * scale + min per group of K/G columns."""
+    w = q * scale + min per group of K/G columns; symmetric (Q4_0) modules keep ``mins`` empty [N, 0],
+    meaning min = -8 * scale."""
     format = "q4"
     weight_names = ("qs", "scales", "mins")
 
     def __init__(self, in_features, out_features, bias=False, input_scale=False, perm=False,
-                 groups: int | None = None, scale_dtype: torch.dtype = torch.float16):
+                 groups: int | None = None, scale_dtype: torch.dtype = torch.float16, symmetric: bool = False):
         super().__init__(in_features, out_features, bias, input_scale, perm)
         groups = groups or in_features // kernels.reference.QK
         self.register_buffer("qs", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
         self.register_buffer("scales", torch.ones(out_features, groups, dtype=scale_dtype))
-        self.register_buffer("mins", torch.zeros(out_features, groups, dtype=scale_dtype))
+        self.register_buffer("mins", torch.zeros(out_features, 0 if symmetric else groups, dtype=scale_dtype))
 
     def format_args(self):
-        return {"groups": self.scales.shape[1], "scale_dtype": self.scales.dtype}
+        return {"groups": self.scales.shape[1], "scale_dtype": self.scales.dtype,
+                "symmetric": self.mins.shape[1] == 0}
 
     def dequantize(self):
         return kernels.reference.dequantize_int4_blocks(self.qs, self.scales, self.mins)
@@ -306,7 +308,8 @@ class BlockEmbedding(nn.Module):
         if isinstance(t, BlockInt8Linear):
             rows = kernels.reference.dequantize_int8_blocks(t.q[ids], t.scales[ids])
         else:
-            rows = kernels.reference.dequantize_int4_blocks(t.qs[ids], t.scales[ids], t.mins[ids])
+            mins = t.mins[ids] if t.mins.numel() else t.mins  # empty: symmetric codes
+            rows = kernels.reference.dequantize_int4_blocks(t.qs[ids], t.scales[ids], mins)
         return rows.reshape(*tokens.shape, t.in_features).to(self.dtype)
 
 

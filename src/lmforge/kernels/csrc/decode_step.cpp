@@ -173,9 +173,9 @@ class Linear {
     const int64_t K = l_.K, G = l_.G;
     switch (l_.kind) {
       case Kind::INT4_F16:
-        return quant<MR, TWO>(Int4Rows<at::Half>{{l_.w.data_ptr<uint8_t>(), l_.scales.data_ptr<at::Half>(), l_.mins.data_ptr<at::Half>(), K, G}}, xr, y);
+        return quant<MR, TWO>(Int4Rows<at::Half>{{l_.w.data_ptr<uint8_t>(), l_.scales.data_ptr<at::Half>(), l_.mins.numel() ? l_.mins.data_ptr<at::Half>() : nullptr, K, G}}, xr, y);
       case Kind::INT4_F32:
-        return quant<MR, TWO>(Int4Rows<float>{{l_.w.data_ptr<uint8_t>(), l_.scales.data_ptr<float>(), l_.mins.data_ptr<float>(), K, G}}, xr, y);
+        return quant<MR, TWO>(Int4Rows<float>{{l_.w.data_ptr<uint8_t>(), l_.scales.data_ptr<float>(), l_.mins.numel() ? l_.mins.data_ptr<float>() : nullptr, K, G}}, xr, y);
       case Kind::INT8_F16:
         return quant<MR, TWO>(Int8Rows<at::Half>{{l_.w.data_ptr<int8_t>(), l_.scales.data_ptr<at::Half>(), K, G}}, xr, y);
       default:
@@ -243,7 +243,9 @@ class DecodePlan : public torch::CustomClassHolder {
       TORCH_CHECK(l.K % QK == 0 && l.K % l.G == 0 && (l.K / l.G) % QK == 0, "DecodePlan: groups must be multiples of 32 columns");
       if (int4) {
         l.mins = parts[2];
-        TORCH_CHECK(l.mins.sizes() == l.scales.sizes() && l.mins.scalar_type() == st, "DecodePlan: mins must match scales");
+        TORCH_CHECK((l.mins.sizes() == l.scales.sizes() || (l.mins.dim() == 2 && l.mins.size(0) == l.N && l.mins.size(1) == 0)) &&
+                        l.mins.scalar_type() == st,
+                    "DecodePlan: mins must match scales, or be empty [N, 0] (min = -8 scale)");
         l.kind = st == at::kHalf ? Kind::INT4_F16 : Kind::INT4_F32;
       } else {
         l.kind = st == at::kHalf ? Kind::INT8_F16 : Kind::INT8_F32;

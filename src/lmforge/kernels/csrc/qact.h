@@ -143,8 +143,10 @@ __attribute__((always_inline)) inline void block_params(const Rows& w, int64_t N
   }
   if (bpg == 1 && (r * w.G + b0 + 8 <= N * w.G)) {  // a scale per block (GGUF): 8 at a time. Past the
     // row's end the lanes hold the next row's values, which meet zero activation scales and sums.
-    _mm256_storeu_ps(scale, load8(w.scales + r * w.G + b0));
-    if constexpr (Rows::HAS_MIN) _mm256_storeu_ps(min, load8(w.mins + r * w.G + b0));
+    const __m256 s = load8(w.scales + r * w.G + b0);
+    _mm256_storeu_ps(scale, s);
+    if constexpr (Rows::HAS_MIN)
+      _mm256_storeu_ps(min, w.mins ? load8(w.mins + r * w.G + b0) : _mm256_mul_ps(s, _mm256_set1_ps(-8.f)));
     return;
   }
   int64_t g = b0 / bpg, left = bpg - b0 % bpg;  // blocks left in group g

@@ -77,11 +77,12 @@ namespace lmforge {
 at::Tensor int4_linear_qact(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
                             const at::Tensor& mins, int64_t bits) {
   const int64_t N = qs.size(0), K = qs.size(1) * 2, G = scales.size(1);
+  const bool sym = mins.numel() == 0;  // min = -8 * scale
   if (scales.scalar_type() == at::kHalf) {
-    return run(x, Int4Rows<at::Half>{{qs.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(), mins.data_ptr<at::Half>(), K, G}},
+    return run(x, Int4Rows<at::Half>{{qs.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(), sym ? nullptr : mins.data_ptr<at::Half>(), K, G}},
                N, K / 2, bits);
   }
-  return run(x, Int4Rows<float>{{qs.data_ptr<uint8_t>(), scales.data_ptr<float>(), mins.data_ptr<float>(), K, G}}, N,
+  return run(x, Int4Rows<float>{{qs.data_ptr<uint8_t>(), scales.data_ptr<float>(), sym ? nullptr : mins.data_ptr<float>(), K, G}}, N,
              K / 2, bits);
 }
 

@@ -187,8 +187,9 @@ void check_int4(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& sca
   TORCH_CHECK(qs.dim() == 2 && qs.scalar_type() == at::kByte && qs.is_contiguous(),
               "int4_linear: qs must be a contiguous uint8 [N, K/2] tensor");
   check_common(x, scales, qs.size(0), qs.size(1) * 2, "int4_linear");
-  TORCH_CHECK(mins.sizes() == scales.sizes() && mins.scalar_type() == scales.scalar_type(),
-              "int4_linear: mins must match scales in shape and dtype");
+  TORCH_CHECK((mins.sizes() == scales.sizes() || (mins.dim() == 2 && mins.size(0) == scales.size(0) && mins.size(1) == 0)) &&
+                  mins.scalar_type() == scales.scalar_type(),
+              "int4_linear: mins must match scales in shape and dtype, or be empty [N, 0] (min = -8 scale)");
 }
 
 void check_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales) {
@@ -202,11 +203,12 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& qs, const at::Tens
   const int64_t N = qs.size(0), K = qs.size(1) * 2;
   const at::Tensor s = scales.contiguous(), m = mins.contiguous();
   const int64_t G = s.size(1);
+  const bool sym = m.numel() == 0;  // min = -8 * scale
   if (s.scalar_type() == at::kHalf) {
-    return run(x, Int4Rows<at::Half>{{qs.data_ptr<uint8_t>(), s.data_ptr<at::Half>(), m.data_ptr<at::Half>(), K, G}},
+    return run(x, Int4Rows<at::Half>{{qs.data_ptr<uint8_t>(), s.data_ptr<at::Half>(), sym ? nullptr : m.data_ptr<at::Half>(), K, G}},
                N, K / 2);
   }
-  return run(x, Int4Rows<float>{{qs.data_ptr<uint8_t>(), s.data_ptr<float>(), m.data_ptr<float>(), K, G}}, N, K / 2);
+  return run(x, Int4Rows<float>{{qs.data_ptr<uint8_t>(), s.data_ptr<float>(), sym ? nullptr : m.data_ptr<float>(), K, G}}, N, K / 2);
 }
 
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales) {

@@ -52,6 +52,7 @@ inline __m256 exp8(__m256 x) {
 // are and its per-group scales (and mins). The kernels add their own decoders of a block's codes.
 constexpr int64_t QK = 32;  // columns per block
 
+// int4: mins may be null (symmetric codes, GGUF Q4_0): then min = -8 * scale.
 template <typename S>
 struct Int4Layout {
   static constexpr bool HAS_MIN = true;
@@ -61,7 +62,7 @@ struct Int4Layout {
   int64_t K, G;
   const uint8_t* row(int64_t r) const { return qs + r * (K / 2); }
   float scale(int64_t r, int64_t g) const { return to_float(scales[r * G + g]); }
-  float min(int64_t r, int64_t g) const { return to_float(mins[r * G + g]); }
+  float min(int64_t r, int64_t g) const { return mins ? to_float(mins[r * G + g]) : -8.f * scale(r, g); }
 };
 
 template <typename S>
