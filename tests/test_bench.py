@@ -182,7 +182,7 @@ def test_roofline_probes_return_positive_rates():
 RESULT_KEYS = {"schema", "backend", "case", "model", "env", "roofline", "metrics", "memory", "samples",
                "speedup_of_lmforge"}
 ENV_KEYS = {"lmforge_version", "git_commit", "torch_version", "cpu", "cpu_isa", "threads", "device", "gpu",
-            "dtype", "quantization", "date"}
+            "dtype", "quantization", "decode_step", "date"}
 
 
 def test_bench_end_to_end(capsys, tmp_path, monkeypatch, stories):
@@ -202,6 +202,7 @@ def test_bench_end_to_end(capsys, tmp_path, monkeypatch, stories):
     for r in results:
         assert set(r) == RESULT_KEYS and r["schema"] == "lmforge-bench/1" and r["backend"] == "lmforge"
         assert ENV_KEYS <= set(r["env"])
+        assert r["env"]["decode_step"] == "one native call per step"  # stories260K is a Llama
         case = r["case"]
         assert case["context_tokens"] == case["depth"] + case["input_tokens"]
         assert len(r["samples"]["ttft_s"]) == 1 and len(r["samples"]["e2e_s"]) == 1

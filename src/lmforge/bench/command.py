@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     if prompts is not None:
         return run_dataset(llm, prompts, args, settings)
     runner.check_context(cases, llm.config.max_seq_len)
-    env = environment(llm.device, llm.dtype, quantization_label(llm, args))
+    env = environment(llm.device, llm.dtype, quantization_label(llm, args), decode_step_label(llm))
     speculator = llm.speculator(draft, args.speculate_k) if draft else None
     results = runner.run_bench(llm, cases, settings, env, roof, tuple(dict.fromkeys(args.compare)), _progress,
                                speculator=speculator, draft=draft)
@@ -156,6 +156,13 @@ def run_dataset(llm, prompts: list[str], args: argparse.Namespace, settings) -> 
     if args.output_json:
         report.write_atomic(args.output_json, report.json.dumps(results, indent=1) + "\n")
     return 0
+
+
+def decode_step_label(llm) -> str:
+    """How lmforge runs a decode step: one native call (models/native_step.py) or op by op, and why."""
+    if llm.engine.native_plan() is not None:
+        return "one native call per step"
+    return f"op by op ({llm.engine.native_plan_reason})"
 
 
 def quantization_label(llm, args) -> str | None:

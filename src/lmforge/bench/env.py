@@ -57,7 +57,7 @@ def git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-def environment(device: torch.device, dtype: torch.dtype, quantization) -> dict:
+def environment(device: torch.device, dtype: torch.dtype, quantization, decode_step: str | None = None) -> dict:
     """What a reader needs to reproduce (or distrust) a number."""
     from .. import __version__
 
@@ -76,5 +76,6 @@ def environment(device: torch.device, dtype: torch.dtype, quantization) -> dict:
         "gpu": gpu_name(device),
         "dtype": str(dtype).removeprefix("torch."),
         "quantization": quantization,
+        "decode_step": decode_step,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
