@@ -1,6 +1,7 @@
 """The fixed cost of a decode step (not a test): the default model's structure (30 layers, 9 query /
 3 KV heads of 64, gated MLP, rope) at width 64, so that the arithmetic is negligible and what is timed
-is every op's dispatch, the Python around it and the kernels' fixed costs.
+is every op's dispatch, the Python around it and the kernels' fixed costs; op by op and through the
+native decode step (one call, models/native_step.py).
 
     python benchmarks/overhead.py [--dense] [--threads 2] [--steps 20]
 """
@@ -38,16 +39,18 @@ def main():
     cache = engine.new_cache(1, total)
     batch, key_valid, positions = engine.prefill_batch(prompt, total)
     engine.forward(prompt.tokens, batch, cache, True)
-    token, slot = torch.tensor([[5]]), 32
-    times = []
-    for _ in range(8):
-        start = time.perf_counter()
-        for _ in range(args.steps // 2):
-            engine.forward(token, engine.decode_batch(slot, key_valid, positions), cache, True)
-            slot += 1
-        times.append((time.perf_counter() - start) / (args.steps // 2))
-    print(f"decode step at width 64 ({'fp32' if args.dense else 'int4'} Linears, {args.threads} threads): "
-          f"median {statistics.median(times) * 1e3:.2f} ms, best {min(times) * 1e3:.2f} ms")
+    token = torch.tensor([[5]])
+    plan = engine.native_plan()
+    for name, p in (("op by op", None), ("native step", plan)):
+        slot, times = 32, []
+        for _ in range(8):
+            start = time.perf_counter()
+            for _ in range(args.steps // 2):
+                engine.forward(token, engine.decode_batch(slot, key_valid, positions), cache, True, plan=p)
+                slot += 1
+            times.append((time.perf_counter() - start) / (args.steps // 2))
+        print(f"decode step at width 64 ({'fp32' if args.dense else 'int4'} Linears, {args.threads} threads, "
+              f"{name}): median {statistics.median(times) * 1e3:.2f} ms, best {min(times) * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ decode step's few tokens; ``silu_mul`` is a gated MLP's silu(gate) * up.
 ``dense_linear(x, weight)`` is F.linear for the few activation rows of a decode step, reading the
 weight once at the machine's bandwidth (fp32 accumulation; half-precision weights widened in registers).
 ``rms_norm(x, weight, eps)`` is Llama's RMSNorm in fp32 in one call.
+``torch.classes.lmforge.DecodePlan`` (native library only) runs a model's whole one-token decode step
+with these kernels in one call; ``lmforge.models.native_step`` builds it.
 ``repack_*`` convert GGUF blocks and lmforge's formats into these layouts.
 
 The C++ kernels are built on first use (cached, see ``build``). Where they cannot be built, the same

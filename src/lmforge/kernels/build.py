@@ -2,8 +2,9 @@
 
 The C++ sources are compiled with ``torch.utils.cpp_extension.load`` into a per-user cache directory
 keyed by a hash of the sources, the torch version and the CPU's feature flags (the code is built with
-``-march=native``), so a second process only loads the shared library. Loading registers the ops
-``lmforge::int4_linear``, ``lmforge::int8_linear`` and ``lmforge::dense_linear`` with the dispatcher.
+``-march=native``), so a second process only loads the shared library. Loading registers the
+``lmforge::*`` ops (int4_linear, int8_linear, dense_linear, rms_norm, silu_mul, attention_decode) with
+the dispatcher, and the ``lmforge.DecodePlan`` class.
 """
 from __future__ import annotations
 

@@ -142,10 +142,6 @@ class Linear {
   }
 
  private:
-  // rows 4 at a time for one activation row, else 2 (the accumulators must fit in the registers)
-  template <int MR>
-  static constexpr int tile_rows() { return MR == 1 ? 4 : 2; }
-
   // this thread's tiles: returns its rows [r0, r1)
   template <int R, typename Tile>
   std::pair<int64_t, int64_t> share(Tile tile) const {
@@ -158,14 +154,14 @@ class Linear {
   std::pair<int64_t, int64_t> dense(const W* w, const float* x, float* y) const {
     const int64_t K = l_.K, N = l_.N;
     auto tile = [&](int64_t n0, auto rows) { lmforge_dense::dot_rows<decltype(rows)::value, MR>(w + n0 * K, K, x, y + n0, N); };
-    return share<tile_rows<MR>()>(tile);
+    return share<MR == 1 ? 4 : 2>(tile);  // the accumulators must fit in the registers
   }
 
   template <int MR, bool TWO, typename Rows>
   std::pair<int64_t, int64_t> quant(const Rows& w, const QRow* xr, float* y) const {
     const int64_t N = l_.N;
     auto tile = [&](int64_t n0, auto rows) { dot_tile<decltype(rows)::value, MR, TWO>(w, n0, xr, y, N); };
-    return share<tile_rows<MR>()>(tile);
+    return share<tile_rows<Rows, MR>()>(tile);
   }
 
   template <int MR, bool TWO>
