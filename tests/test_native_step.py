@@ -161,3 +161,15 @@ def test_layer_norm_parallel_and_plain_mlp_families_quantized(tmp_path_factory, 
     llm = LLM(save(tmp_path_factory, family, FAMILIES[family]()), quantize="int8")
     assert llm.engine.native_plan() is not None, llm.engine.native_plan_reason
     assert_same_step(decode_both(llm, [[4, 5, 6, 7, 8], [9, 10, 11]]))
+
+
+def test_a_plan_the_kernels_refuse_falls_back(llama_path, monkeypatch):
+    llm = LLM(llama_path)
+
+    def refuse(model):
+        raise RuntimeError("DecodePlan: qkv must be [256, 128]\nmore detail")
+
+    monkeypatch.setattr(native_step, "build", refuse)
+    assert llm.engine.native_plan() is None
+    assert llm.engine.native_plan_reason == "the native step refused the model: DecodePlan: qkv must be [256, 128]"
+    assert len(llm.generate_ids([[1, 2, 3]], GenerationConfig(max_new_tokens=3, ignore_eos=True))[0]) == 3

@@ -66,6 +66,8 @@ class Engine:
                 self._plan = (key, native_step.build(self.model), None)
             except native_step.Unfit as e:
                 self._plan = (key, None, str(e))
+            except RuntimeError as e:  # a shape the plan's checks refuse: run op by op rather than fail
+                self._plan = (key, None, f"the native step refused the model: {str(e).splitlines()[0]}")
         return self._plan[1]
 
     @property
