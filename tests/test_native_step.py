@@ -173,3 +173,19 @@ def test_a_plan_the_kernels_refuse_falls_back(llama_path, monkeypatch):
     assert llm.engine.native_plan() is None
     assert llm.engine.native_plan_reason == "the native step refused the model: DecodePlan: qkv must be [256, 128]"
     assert len(llm.generate_ids([[1, 2, 3]], GenerationConfig(max_new_tokens=3, ignore_eos=True))[0]) == 3
+
+
+def test_phase_profile(llama_path):
+    """set_profiling books every phase's time; phase_seconds returns the 12 counters and resets them."""
+    llm = LLM(llama_path)
+    plan = llm.engine.native_plan()
+    cache = llm.engine.new_cache(1, 16)
+    x, mask, no_rope = torch.zeros(1, 128), torch.ones(1, 1, 1, 4, dtype=torch.bool), torch.empty(0)
+    plan.step(x, no_rope, no_rope, cache.k, cache.v, 3, mask)
+    assert plan.phase_seconds() == [0.0] * 12  # off by default
+    plan.set_profiling(True)
+    for _ in range(3):
+        plan.step(x, no_rope, no_rope, cache.k, cache.v, 3, mask)
+    phases = plan.phase_seconds()
+    assert len(phases) == 12 and all(p >= 0 for p in phases) and sum(phases) > 0
+    assert plan.phase_seconds() == [0.0] * 12

@@ -441,8 +441,6 @@ class DecodePlan : public torch::CustomClassHolder {
     return logits;
   }
 
-  int64_t n_layers() const { return static_cast<int64_t>(layers_.size()); }
-
   // Profiling: with it on, step() adds the wall time of each phase (thread 0's view, from barrier to
   // barrier) to PHASES counters; phase_seconds() returns them (in the order of PHASES) and resets them.
   void set_profiling(bool on) { profiling_ = on; }
@@ -499,7 +497,6 @@ TORCH_LIBRARY_FRAGMENT(lmforge, m) {
       .def("add_layer", &DecodePlan::add_layer)
       .def("set_head", &DecodePlan::set_head)
       .def("step", &DecodePlan::step)
-      .def("n_layers", &DecodePlan::n_layers)
       .def("set_profiling", &DecodePlan::set_profiling)
       .def("phase_seconds", &DecodePlan::phase_seconds);
 }
