@@ -153,8 +153,8 @@ class Linear {
   template <int MR, typename W>
   std::pair<int64_t, int64_t> dense(const W* w, const float* x, float* y) const {
     const int64_t K = l_.K, N = l_.N;
-    auto tile = [&](int64_t n0, auto rows) { lmforge_dense::dot_rows<decltype(rows)::value, MR>(w + n0 * K, K, x, y + n0, N); };
-    return share<MR == 1 ? 4 : 2>(tile);  // the accumulators must fit in the registers
+    auto tile = [&](int64_t n, auto) { lmforge_dense::dot_row<MR>(w + n * K, K, x, y + n, N); };
+    return share<1>(tile);
   }
 
   template <int MR, bool TWO, typename Rows>

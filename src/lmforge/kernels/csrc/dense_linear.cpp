@@ -21,23 +21,13 @@
 namespace {
 
 constexpr int64_t MAX_ROWS = 4;  // activation rows handled by the kernel; more go to ATen's GEMM
-using lmforge_dense::dot_rows;
-using lmforge_simd::hsum;
+using lmforge_dense::dot_row;
 
 template <int MR, typename W>
 void gemv(const W* w, const float* x, float* y, int64_t N, int64_t K) {
-  constexpr int R = MR == 1 ? 4 : 2;  // weight rows per step: the accumulators must fit in 16 registers
-  const int64_t tiles = (N + R - 1) / R;
-  const int64_t grain = std::max<int64_t>(1, (1 << 14) / (R * K * static_cast<int64_t>(sizeof(W))));
-  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n0 = t * R;
-      if (n0 + R <= N) {
-        dot_rows<R, MR>(w + n0 * K, K, x, y + n0, N);
-      } else {
-        for (int64_t n = n0; n < N; ++n) dot_rows<1, MR>(w + n * K, K, x, y + n, N);
-      }
-    }
+  const int64_t grain = std::max<int64_t>(1, (1 << 14) / (K * static_cast<int64_t>(sizeof(W))));
+  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) dot_row<MR>(w + n * K, K, x, y + n, N);
   });
 }
 
