@@ -91,7 +91,7 @@ at::Tensor attention_decode(const at::Tensor& qkv, const at::Tensor& cos, const 
   const int64_t group = H / KV;
   const float sc = static_cast<float>(scale);
   at::parallel_for(0, B * H, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> q(hd), p(L);
+    std::vector<float> q(hd), p(lmforge_attn::attend_scratch(L, hd));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / H, h = t % H, j = h / group;
       const float* kb = kc + (b * KV + j) * Lmax * hd;

@@ -1,5 +1,6 @@
 // The pieces of attention.cpp's decode attention, shared with decode_step.cpp: the rotation of one head
-// (rope) and one query head's softmax attention over the cached keys and values.
+// (rope), one query head's softmax attention over the cached keys and values, and the same split in
+// parts over the slots for a group of query heads (attend_part, merge_parts).
 #pragma once
 
 #include <immintrin.h>
@@ -7,6 +8,7 @@
 #include "simd.h"
 
 #include <algorithm>
+#include <utility>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -71,29 +73,45 @@ inline void weighted_sum(const float* p, const float* vb, int64_t L, int64_t hd,
   for (int c = 0; c < C; ++c) _mm256_storeu_ps(out + 8 * c, acc[c]);
 }
 
-// out [hd] = softmax(q . k_l * scale over the slots l < L with mask[l * mstride]) weighted sum of v_l,
-// for keys kb and values vb [L, hd]; zeros when no slot is visible. p: scratch of L floats.
-inline void attend(const float* q, const float* kb, const float* vb, const bool* mask, int64_t mstride, int64_t L,
-                   int64_t hd, float scale, float* out, float* p) {
-  constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
-  const bool vec = hd % 8 == 0;
-  int64_t l = 0;
-  if (vec) {
-    const __m256 sv = _mm256_set1_ps(scale);
-    for (; l + 8 <= L; l += 8) _mm256_storeu_ps(p + l, _mm256_mul_ps(scores8(q, kb + l * hd, hd), sv));
+// out [hd] += sum over l < L of p_l v_l (vb [L, hd]), skipping the slots with p_l = 0.
+inline void add_weighted(const float* p, const float* vb, int64_t L, int64_t hd, float* out) {
+  if (hd % 8) {
+    for (int64_t l = 0; l < L; ++l) {
+      if (p[l] != 0.f) axpy(p[l], vb + l * hd, out, hd);
+    }
+    return;
   }
-  for (; l < L; ++l) p[l] = dot(q, kb + l * hd, hd) * scale;
+  int64_t c0 = 0;  // 64 channels (8 registers) at a time, then the rest
+  for (; c0 + 64 <= hd; c0 += 64) weighted_sum<8>(p, vb + c0, L, hd, out + c0);
+  switch ((hd - c0) / 8) {
+    case 7: weighted_sum<7>(p, vb + c0, L, hd, out + c0); break;
+    case 6: weighted_sum<6>(p, vb + c0, L, hd, out + c0); break;
+    case 5: weighted_sum<5>(p, vb + c0, L, hd, out + c0); break;
+    case 4: weighted_sum<4>(p, vb + c0, L, hd, out + c0); break;
+    case 3: weighted_sum<3>(p, vb + c0, L, hd, out + c0); break;
+    case 2: weighted_sum<2>(p, vb + c0, L, hd, out + c0); break;
+    case 1: weighted_sum<1>(p, vb + c0, L, hd, out + c0); break;
+    default: break;
+  }
+}
+
+// p [n] = e^(p - max) over the visible slots (mask[l * mstride]), 0 elsewhere; returns {max, sum},
+// {-inf, 0} (and p all 0) when no slot is visible.
+inline std::pair<float, float> softmax_unnormalized(float* p, const bool* mask, int64_t mstride, int64_t n) {
+  constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
   float mx = NEG_INF;
-  for (l = 0; l < L; ++l) {
+  for (int64_t l = 0; l < n; ++l) {
     if (!mask[l * mstride]) p[l] = NEG_INF;
     mx = std::max(mx, p[l]);
   }
-  std::fill(out, out + hd, 0.f);
-  if (mx == NEG_INF) return;  // nothing to attend to: zeros
-  l = 0;
+  if (mx == NEG_INF) {
+    std::fill(p, p + n, 0.f);
+    return {NEG_INF, 0.f};
+  }
+  int64_t l = 0;
   const __m256 mxv = _mm256_set1_ps(mx);
   __m256 tv = _mm256_setzero_ps();
-  for (; l + 8 <= L; l += 8) {  // masked slots hold -inf: e^-inf clamps to ~1e-38, then zeroed
+  for (; l + 8 <= n; l += 8) {  // masked slots hold -inf: e^-inf clamps to ~1e-38, then zeroed
     const __m256 s = _mm256_loadu_ps(p + l);
     __m256 e = lmforge_simd::exp8(_mm256_sub_ps(s, mxv));
     e = _mm256_and_ps(e, _mm256_cmp_ps(s, _mm256_set1_ps(NEG_INF), _CMP_NEQ_OQ));
@@ -101,30 +119,93 @@ inline void attend(const float* q, const float* kb, const float* vb, const bool*
     tv = _mm256_add_ps(tv, e);
   }
   float total = hsum(tv);
-  for (; l < L; ++l) {
+  for (; l < n; ++l) {
     p[l] = std::exp(p[l] - mx);
     total += p[l];
   }
-  const float inv = 1.f / total;
-  for (l = 0; l < L; ++l) p[l] *= inv;
-  int64_t c0 = 0;
-  if (vec) {  // 64 channels (8 registers) at a time, then the rest
-    for (; c0 + 64 <= hd; c0 += 64) weighted_sum<8>(p, vb + c0, L, hd, out + c0);
-    switch ((hd - c0) / 8) {
-      case 7: weighted_sum<7>(p, vb + c0, L, hd, out + c0); break;
-      case 6: weighted_sum<6>(p, vb + c0, L, hd, out + c0); break;
-      case 5: weighted_sum<5>(p, vb + c0, L, hd, out + c0); break;
-      case 4: weighted_sum<4>(p, vb + c0, L, hd, out + c0); break;
-      case 3: weighted_sum<3>(p, vb + c0, L, hd, out + c0); break;
-      case 2: weighted_sum<2>(p, vb + c0, L, hd, out + c0); break;
-      case 1: weighted_sum<1>(p, vb + c0, L, hd, out + c0); break;
-      default: break;
+  return {mx, total};
+}
+
+// Attention over L slots is done in parts of PART slots, each part's softmax and value sum on its own,
+// then merged (as flash-decoding does). The parts' bounds depend on L only, so that every caller (the
+// single op, the decode step with any number of threads) gets the same numbers; and the decode step
+// can spread the parts of one head over its threads.
+constexpr int64_t PART = 32;
+inline int64_t part_count(int64_t L) { return std::max<int64_t>(1, (L + PART - 1) / PART); }
+
+// One part of the attention of G query heads q [G, hd] that share a key/value head (grouped-query
+// attention), over the slots [l0, l1) of kb / vb [L, hd]: part + g * step gets head g's max score m,
+// the sum s of e^(score - m) and o [hd] = the sum of e^(score - m) v, unnormalized: [m, s, o] (see
+// merge_parts).
+// The keys and values are read from memory once for all G heads (a part of PART slots stays in L1).
+// p: scratch of G * (l1 - l0) floats.
+inline void attend_part(const float* q, int64_t G, const float* kb, const float* vb, const bool* mask,
+                        int64_t mstride, int64_t l0, int64_t l1, int64_t hd, float scale, float* part, int64_t step,
+                        float* p) {
+  const int64_t n = l1 - l0;
+  kb += l0 * hd;
+  vb += l0 * hd;
+  mask += l0 * mstride;
+  int64_t l = 0;
+  if (hd % 8 == 0) {
+    const __m256 sv = _mm256_set1_ps(scale);
+    for (; l + 8 <= n; l += 8) {
+      // the cache comes from DRAM (the weights pass through L3 every step): ask for the keys two
+      // blocks ahead, and for these slots' values, which the weighted sum reads after the softmax
+      const char* kf = reinterpret_cast<const char*>(kb + std::min(l + 16, n - 1) * hd);
+      const char* vf = reinterpret_cast<const char*>(vb + l * hd);
+      for (int64_t off = 0; off < 8 * hd * 4; off += 64) {
+        _mm_prefetch(kf + off, _MM_HINT_T0);
+        _mm_prefetch(vf + off, _MM_HINT_T1);
+      }
+      for (int64_t g = 0; g < G; ++g) _mm256_storeu_ps(p + g * n + l, _mm256_mul_ps(scores8(q + g * hd, kb + l * hd, hd), sv));
     }
-    return;
   }
-  for (l = 0; l < L; ++l) {
-    if (p[l] != 0.f) axpy(p[l], vb + l * hd, out, hd);
+  for (; l < n; ++l)
+    for (int64_t g = 0; g < G; ++g) p[g * n + l] = dot(q + g * hd, kb + l * hd, hd) * scale;
+  for (int64_t g = 0; g < G; ++g) {
+    const auto ms = softmax_unnormalized(p + g * n, mask, mstride, n);
+    float* pg = part + g * step;
+    pg[0] = ms.first;
+    pg[1] = ms.second;
+    std::fill(pg + 2, pg + 2 + hd, 0.f);
   }
+  for (int64_t g = 0; g < G; ++g) add_weighted(p + g * n, vb, n, hd, part + g * step + 2);
+}
+
+// out [hd] = the attention of one query head from its C parts (stride hd + 2, see attend_part): the
+// parts' sums rescaled to the largest max; zeros when no slot was visible.
+inline void merge_parts(const float* parts, int64_t C, int64_t hd, float* out) {
+  constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
+  const int64_t stride = hd + 2;
+  float mx = NEG_INF;
+  for (int64_t c = 0; c < C; ++c) mx = std::max(mx, parts[c * stride]);
+  std::fill(out, out + hd, 0.f);
+  if (mx == NEG_INF) return;
+  float total = 0.f;
+  for (int64_t c = 0; c < C; ++c) {
+    const float* pc = parts + c * stride;
+    if (pc[0] == NEG_INF) continue;
+    const float w = std::exp(pc[0] - mx);
+    total += w * pc[1];
+    axpy(w, pc + 2, out, hd);
+  }
+  const float inv = 1.f / total;
+  for (int64_t i = 0; i < hd; ++i) out[i] *= inv;
+}
+
+// The scratch floats that attend needs for L slots.
+inline int64_t attend_scratch(int64_t L, int64_t hd) { return PART + part_count(L) * (hd + 2); }
+
+// out [hd] = softmax(q . k_l * scale over the slots l < L with mask[l * mstride]) weighted sum of v_l,
+// for keys kb and values vb [L, hd]; zeros when no slot is visible. scratch: attend_scratch(L, hd) floats.
+inline void attend(const float* q, const float* kb, const float* vb, const bool* mask, int64_t mstride, int64_t L,
+                   int64_t hd, float scale, float* out, float* scratch) {
+  const int64_t C = part_count(L), stride = hd + 2;
+  float* parts = scratch + PART;
+  for (int64_t c = 0; c < C; ++c)
+    attend_part(q, 1, kb, vb, mask, mstride, c * PART, std::min(L, (c + 1) * PART), hd, scale, parts + c * stride, 0, scratch);
+  merge_parts(parts, C, hd, out);
 }
 
 }  // namespace lmforge_attn

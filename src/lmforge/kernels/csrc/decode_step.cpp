@@ -99,6 +99,12 @@ struct Team {
   // the share [begin, end) of `count` items
   int64_t begin(int64_t count) const { return count * id / n; }
   int64_t end(int64_t count) const { return count * (id + 1) / n; }
+  // the thread whose share of `count` items holds `item`
+  int owner(int64_t count, int64_t item) const {
+    int o = 0;
+    while (item >= count * (o + 1) / n) ++o;
+    return o;
+  }
 };
 
 inline void barrier() {
@@ -333,10 +339,21 @@ class DecodePlan : public torch::CustomClassHolder {
     const bool two = act_bits_ == 16;
 
     const int threads = std::max(1, at::get_num_threads());
+    // Attention tasks: a key/value head of a sequence with its G query heads, over one part of the slots
+    // (lmforge_attn::PART), so that the threads share the work even when the heads are few.
+    const int64_t G = H_ / KV_, groups = B * KV_, part_stride = hd_ + 2, C = lmforge_attn::part_count(L);
+    const int64_t tasks = groups * C;
+    std::vector<float> parts(B * H_ * C * part_stride);  // [B, H, C, hd + 2]
+    // a group's heads from their parts into h; a group split between threads is merged after the barrier
+    auto merge_group = [&](int64_t grp) {
+      for (int64_t h = grp * G; h < (grp + 1) * G; ++h)  // h = b * H + the head: groups are G heads in a row
+        lmforge_attn::merge_parts(parts.data() + h * C * part_stride, C, hd_, hp + h * hd_);
+    };
 #pragma omp parallel num_threads(threads)
     {
       const Team t{omp_get_thread_num(), omp_get_num_threads()};
-      std::vector<float> qrot(hd_), p(L);
+      std::vector<float> qrot(G * hd_), p(G * lmforge_attn::PART);
+      auto split = [&](int64_t grp) { return t.owner(tasks, grp * C) != t.owner(tasks, (grp + 1) * C - 1); };
       auto clock = std::chrono::steady_clock::now();
       auto phase_end = [&](int phase) {  // after a barrier: thread 0 books the time since the last one
         if (!profiling_ || t.id != 0) return;
@@ -381,16 +398,25 @@ class DecodePlan : public torch::CustomClassHolder {
         }
         barrier();
         phase_end(2);
-        for (int64_t task = t.begin(B * H_); task < t.end(B * H_); ++task) {  // each query head
-          const int64_t b = task / H_, hh = task % H_, j = hh / (H_ / KV_);
-          lmforge_attn::rotate(qkvp + (b * heads + hh) * hd_, qrot.data(), cp + b * rd, sp + b * rd, rd, hd_, interleaved_);
-          const int64_t base = (b * KV_ + j) * Lmax * hd_;
-          lmforge_attn::attend(qrot.data(), kl + base, vl + base, mk + b * ms0, ms3, L, hd_, layer.scale,
-                               hp + (b * H_ + hh) * hd_, p.data());
+        for (int64_t task = t.begin(tasks); task < t.end(tasks); ++task) {
+          const int64_t b = task / (KV_ * C), j = task / C % KV_, c = task % C, h0 = j * G;
+          for (int64_t g = 0; g < G; ++g)
+            lmforge_attn::rotate(qkvp + (b * heads + h0 + g) * hd_, qrot.data() + g * hd_, cp + b * rd, sp + b * rd, rd,
+                                 hd_, interleaved_);
+          const int64_t base = (b * KV_ + j) * Lmax * hd_, l0 = c * lmforge_attn::PART;
+          lmforge_attn::attend_part(qrot.data(), G, kl + base, vl + base, mk + b * ms0, ms3, l0,
+                                    std::min(L, l0 + lmforge_attn::PART), hd_, layer.scale,
+                                    parts.data() + ((b * H_ + h0) * C + c) * part_stride, C * part_stride, p.data());
         }
+        for (int64_t grp = 0; grp < groups; ++grp)  // the groups whose parts were all this thread's
+          if (!split(grp) && t.owner(tasks, grp * C) == t.id) merge_group(grp);
         barrier();
         phase_end(3);
-        if (t.id == 0) prepare(wo, hp);
+        if (t.id == 0) {
+          for (int64_t grp = 0; grp < groups; ++grp)
+            if (split(grp)) merge_group(grp);
+          prepare(wo, hp);
+        }
         barrier();
         phase_end(4);
         Linear(wo, t).run(hp, rounded, B, yp, rp, two);
