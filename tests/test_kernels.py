@@ -169,6 +169,8 @@ def test_silu_mul_matches_reference(native):
     (1, 1, 9, 3, 64, 64, 37, False),   # GQA, full rotary (SmolLM2)
     (2, 3, 4, 4, 16, 8, 10, True),     # partial, interleaved rotary (GPT-J), several new tokens
     (3, 2, 8, 2, 20, 0, 7, False),     # no rope (ALiBi-free learned positions), hd not a multiple of 8
+    (2, 1, 9, 3, 64, 64, 150, False),  # several parts of 32 slots, merged
+    (1, 2, 4, 2, 24, 8, 70, True),     # parts with hd not a multiple of 8
 ])
 def test_attention_decode_matches_reference(native, B, S, H, KV, hd, rd, L, interleaved):
     g = torch.Generator().manual_seed(6)
@@ -188,6 +190,24 @@ def test_attention_decode_matches_reference(native, B, S, H, KV, hd, rd, L, inte
     assert y.shape == (B, S, H * hd)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
     assert torch.equal(k, k2) and torch.equal(v, v2)  # the caches were written the same way
+
+
+def test_attention_decode_parts_without_visible_slots(native):
+    """Whole parts of 32 slots masked (left padding, holes) and a row with nothing visible (zeros)."""
+    g = torch.Generator().manual_seed(7)
+    B, H, KV, hd, L = 3, 4, 2, 32, 130
+    qkv = torch.randn(B, 1, H + 2 * KV, hd, generator=g)
+    k, v = torch.randn(B, KV, L, hd, generator=g), torch.randn(B, KV, L, hd, generator=g)
+    k2, v2 = k.clone(), v.clone()
+    mask = torch.ones(B, 1, 1, L, dtype=torch.bool)
+    mask[0, ..., :70] = False       # left padding over two whole parts and a piece of the third
+    mask[1, ..., 32:96] = False     # a hole of two parts in the middle
+    mask[2] = False                 # nothing visible, not even the new slot
+    slots = torch.tensor([L - 1])
+    y = kernels.attention_decode(qkv, torch.empty(0), torch.empty(0), k, v, slots, mask, H, KV, 0.2, False)
+    ref = reference.attention_decode(qkv, torch.empty(0), torch.empty(0), k2, v2, slots, mask, H, KV, 0.2, False)
+    torch.testing.assert_close(y[:2], ref[:2], rtol=1e-5, atol=1e-5)
+    assert torch.equal(y[2], torch.zeros_like(y[2]))
 
 
 def test_attention_decode_rejects_bad_input(native):

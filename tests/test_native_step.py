@@ -79,6 +79,15 @@ def test_matches_the_op_by_op_path(llama_path, quantize, batch):
     assert_same_step(decode_both(llm, prompts))
 
 
+@pytest.mark.parametrize("quantize", [None, "int4"])
+def test_long_context_split_attention(llama_path, quantize):
+    """Past 32 slots the step splits each head's attention into parts spread over the threads; with left
+    padding whole parts of the shorter row are masked."""
+    llm = LLM(llama_path, quantize=quantize)
+    prompts = [list(range(3, 103)), list(range(5, 40))]  # 100 and 35 tokens: 65 slots of padding
+    assert_same_step(decode_both(llm, prompts, steps=3))
+
+
 @pytest.mark.parametrize("act_bits", [16, 8])
 def test_biases_gqa_and_a_tied_head(qwen2_path, act_bits):
     llm = LLM(qwen2_path, quantize="int8", act_bits=act_bits)
