@@ -8,10 +8,10 @@
 #include "simd.h"
 
 #include <algorithm>
-#include <utility>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <utility>
 
 namespace lmforge_attn {
 
