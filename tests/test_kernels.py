@@ -10,11 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from lmforge import kernels
-from lmforge.kernels import reference
+from lmforge.kernels import build, reference
 from lmforge.quant import formats
 
-# (M, N, K): odd M, N not a multiple of 4 or 8, M = 1 decode, M >= 32 (the dequantized-GEMM path)
-SHAPES = [(1, 64, 32), (1, 13, 96), (3, 37, 128), (5, 1, 64), (7, 96, 256), (33, 21, 128), (40, 72, 192)]
+# (M, N, K): odd M, N not a multiple of 4 or 8, M = 1 decode, M >= 32 (the dequantized-GEMM path);
+# K = 256 is one interleaved int4 group of 8 blocks, 576 two groups and two plain blocks
+SHAPES = [(1, 64, 32), (1, 13, 96), (3, 37, 128), (5, 1, 64), (7, 96, 256), (33, 21, 128), (40, 72, 192),
+          (1, 11, 576), (4, 9, 576), (34, 5, 576)]
 
 
 def assert_matches_reference(y, ref):
@@ -222,9 +224,27 @@ def test_attention_decode_rejects_bad_input(native):
 
 # ------------------------------------------------------------------------------------- repack
 
-def test_int4_block_pack_round_trip():
-    q = torch.randint(0, 16, (5, 96), dtype=torch.uint8)
+@pytest.mark.parametrize("K", [32, 96, 256, 320, 576, 2048])
+def test_int4_block_pack_round_trip(K):
+    q = torch.randint(0, 16, (5, K), dtype=torch.uint8)
     assert torch.equal(reference.unpack_int4_blocks(reference.pack_int4_blocks(q)), q)
+
+
+def test_int4_layout_interleaves_groups_of_eight_blocks():
+    """The documented byte order: in a group, byte 32 t + 4 j + e holds columns 8 t + e (low nibble) and
+    8 t + 4 + e (high) of block j; the blocks after the last whole group are GGUF's order."""
+    K = 320  # one group of 8 blocks, then 2 plain blocks
+    q = torch.randint(0, 16, (1, K), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    qs = reference.pack_int4_blocks(q)[0]
+    for j in range(8):
+        for t in range(4):
+            for e in range(4):
+                byte = int(qs[32 * t + 4 * j + e])
+                assert (byte & 15, byte >> 4) == (int(q[0, 32 * j + 8 * t + e]), int(q[0, 32 * j + 8 * t + 4 + e]))
+    for b in (8, 9):
+        for i in range(16):
+            byte = int(qs[128 + 16 * (b - 8) + i])
+            assert (byte & 15, byte >> 4) == (int(q[0, 32 * b + i]), int(q[0, 32 * b + 16 + i]))
 
 
 @pytest.mark.parametrize("group", [32, 64, 128])
@@ -259,9 +279,9 @@ def test_repack_gguf_blocks_match_gguf_dequantize(kind):
     from gguf import GGMLQuantizationType, quants
 
     qtype = GGMLQuantizationType[kind]
-    w = np.random.default_rng(0).standard_normal((7, 128)).astype(np.float32)
-    raw = torch.from_numpy(quants.quantize(w, qtype))  # uint8 [7, 4 * block bytes], as GGUFReader gives
-    expected = torch.from_numpy(quants.dequantize(raw.numpy(), qtype)).reshape(7, 128)
+    w = np.random.default_rng(0).standard_normal((7, 320)).astype(np.float32)  # a group of 8 blocks and 2
+    raw = torch.from_numpy(quants.quantize(w, qtype))  # uint8 [7, 10 * block bytes], as GGUFReader gives
+    expected = torch.from_numpy(quants.dequantize(raw.numpy(), qtype)).reshape(7, 320)
     if kind == "Q8_0":
         q, s = kernels.repack_gguf_q8_0(raw)
         got = reference.dequantize_int8_blocks(q, s)
@@ -318,3 +338,15 @@ def test_int4_linear_under_torch_compile(native):
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), f(x), rtol=1e-5, atol=1e-5)
     print(f"compile + first call: {time.perf_counter() - start:.1f} s")
+
+
+@pytest.mark.skipif(not {"avx512_vnni", "avx_vnni"} & build.cpu_flags(),
+                    reason="without VNNI the native build already is the plain AVX2 code")
+def test_plain_avx2_build_matches_reference(tmp_path):
+    """On a CPU with VNNI the integer products use it; the plain AVX2 code (maddubs + madd), which
+    CPUs without it run, is built with -march=x86-64-v3 and put through the same tests."""
+    env = {**os.environ, build.ARCH_ENV: "x86-64-v3"}
+    tests = [__file__, os.path.join(os.path.dirname(__file__), "test_native_step.py")]
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not slow",
+                        "-k", "not plain_avx2_build", *tests], env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]

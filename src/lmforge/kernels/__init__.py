@@ -2,10 +2,14 @@
 
 Weight layouts (output channel first; K a multiple of 32, groups of K/G columns, K/G a multiple of 32):
 
-- int4: ``qs`` uint8 [N, K/2] in 32-column blocks of 16 bytes, byte j of a block holding column j in its
-  low nibble and column j + 16 in its high one (GGUF's order); ``scales`` and ``mins`` [N, G], both
-  float16 or both float32; w = q * scale + min with q in 0..15. Empty ``mins`` [N, 0] mean
-  min = -8 * scale (symmetric codes, GGUF Q4_0): 11% fewer bytes to read than storing them.
+- int4: ``qs`` uint8 [N, K/2]: each row is groups of 8 blocks of 32 columns (128 bytes), then the
+  blocks left over (16 bytes each, GGUF's order: byte i holds column i in its low nibble and i + 16
+  in its high one). In a group the blocks are interleaved 4 bytes at a time, so that each 32-bit lane
+  of the kernels' vectors holds one block and 8 blocks share one conversion and one multiply:
+  byte 32 t + 4 j + e holds columns 8 t + e and 8 t + 4 + e of block j (``reference.pack_int4_blocks``).
+  ``scales`` and ``mins`` [N, G], both float16 or both float32; w = q * scale + min with q in 0..15.
+  Empty ``mins`` [N, 0] mean min = -8 * scale (symmetric codes, GGUF Q4_0): 11% fewer bytes to read
+  than storing them.
 - int8: ``q`` int8 [N, K]; ``scales`` float16 or float32 [N, G]; w = q * scale.
 - dense: ``weight`` float32, bfloat16 or float16 [N, K] (an ordinary Linear weight).
 

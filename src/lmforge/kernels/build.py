@@ -1,10 +1,10 @@
 """Build (once, cached) and load the native kernels; report why not when they cannot be had.
 
 The C++ sources are compiled with ``torch.utils.cpp_extension.load`` into a per-user cache directory
-keyed by a hash of the sources, the torch version and the CPU's feature flags (the code is built with
-``-march=native``), so a second process only loads the shared library. Loading registers the
-``lmforge::*`` ops (int4_linear, int8_linear, dense_linear, rms_norm, silu_mul, attention_decode) with
-the dispatcher, and the ``lmforge.DecodePlan`` class.
+keyed by a hash of the sources, the torch version, the flags and the CPU's features (the code is built
+with ``-march=native`` unless ``LMFORGE_KERNEL_ARCH`` names another), so a second process only loads
+the shared library. Loading registers the ``lmforge::*`` ops (int4_linear, int8_linear, dense_linear,
+rms_norm, silu_mul, attention_decode) with the dispatcher, and the ``lmforge.DecodePlan`` class.
 """
 from __future__ import annotations
 
@@ -18,10 +18,17 @@ import torch
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = ("quant_linear.cpp", "quant_act_linear.cpp", "dense_linear.cpp", "attention.cpp", "decode_step.cpp")
 HEADERS = ("simd.h", "qact.h", "dense.h", "attention.h")
-CFLAGS = ("-O3", "-march=native", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off",  # FMA only where written
+CFLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off",  # FMA only where written
           "-fopenmp")  # at::parallel_for is inline OpenMP code: without it, the ops run on one thread
 REQUIRED_ISA = ("avx2", "fma", "f16c")
 DISABLE_ENV = "LMFORGE_NO_NATIVE"
+# -march for the build: "native" (default) uses all the CPU has (AVX-512 VNNI / AVX-VNNI integer dot
+# products where present); "x86-64-v3" builds the plain AVX2 + FMA code, e.g. to test it on a newer CPU.
+ARCH_ENV = "LMFORGE_KERNEL_ARCH"
+
+
+def cflags() -> tuple[str, ...]:
+    return (f"-march={os.environ.get(ARCH_ENV) or 'native'}", *CFLAGS)
 
 
 def cpu_flags() -> frozenset[str]:
@@ -46,7 +53,7 @@ def build_key(flags: frozenset[str]) -> str:
     for name in (*SOURCES, *HEADERS):
         h.update((CSRC / name).read_bytes())
     h.update(torch.__version__.encode())
-    h.update(" ".join((*CFLAGS, *sorted(flags))).encode())
+    h.update(" ".join((*cflags(), *sorted(flags))).encode())
     return h.hexdigest()[:16]
 
 
@@ -74,7 +81,7 @@ def load_native() -> str | None:
     build_dir.mkdir(parents=True, exist_ok=True)
     try:
         load(name=f"lmforge_kernels_{key}", sources=[str(CSRC / s) for s in SOURCES],
-             extra_cflags=list(CFLAGS), extra_ldflags=["-fopenmp"], build_directory=str(build_dir), is_python_module=False,
+             extra_cflags=list(cflags()), extra_ldflags=["-fopenmp"], build_directory=str(build_dir), is_python_module=False,
              verbose=False)
     except Exception as e:  # no compiler, no ninja, a compile error: all mean "use the fallback"
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)

@@ -12,16 +12,49 @@ import torch.nn.functional as F
 QK = 32  # columns per block
 
 
+SUPER = 8  # blocks per interleaved group of the int4 layout
+
+
+def _split_blocks(K: int) -> int:
+    """Columns of a K-column int4 row held in interleaved groups of 8 blocks (the rest is plain blocks)."""
+    return (K // QK) // SUPER * SUPER * QK
+
+
 def unpack_int4_blocks(qs: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, K/2] in block nibble order -> codes uint8 [N, K] in column order."""
-    blocks = qs.reshape(qs.shape[0], -1, QK // 2)  # [N, K/32, 16]
-    return torch.cat((blocks & 0xF, blocks >> 4), dim=-1).reshape(qs.shape[0], -1)
+    """uint8 [N, K/2] in the kernels' int4 order -> codes uint8 [N, K] in column order.
+
+    A row is groups of 8 blocks (128 bytes each) followed by the blocks left over (16 bytes each).
+    In a group, byte 32 t + 4 j + e holds column 8 t + e of block j in its low nibble and column
+    8 t + 4 + e in its high one (t, e < 4, j < 8): every 4-byte lane of a 32-byte vector belongs to one
+    block, so the kernels' integer sums come out one block per lane. A leftover block is GGUF's: byte
+    i holds column i in its low nibble and column i + 16 in its high one."""
+    N, K = qs.shape[0], qs.shape[1] * 2
+    split = _split_blocks(K)
+    lo, hi = qs & 0xF, qs >> 4
+    head = torch.stack((lo[:, :split // 2], hi[:, :split // 2]), dim=-1)      # [N, split/2, h]
+    head = head.reshape(N, -1, 4, SUPER, 4, 2).permute(0, 1, 3, 2, 5, 4)       # (group, t, j, e, h) -> (group, j, t, h, e)
+    tail = torch.cat((lo[:, split // 2:].reshape(N, -1, QK // 2), hi[:, split // 2:].reshape(N, -1, QK // 2)), dim=-1)
+    return torch.cat((head.reshape(N, split), tail.reshape(N, K - split)), dim=1)
 
 
 def pack_int4_blocks(q: torch.Tensor) -> torch.Tensor:
-    """codes 0..15 [N, K] in column order -> uint8 [N, K/2] in block nibble order (inverse of unpack)."""
-    blocks = q.to(torch.uint8).reshape(q.shape[0], -1, QK)  # [N, K/32, 32]
-    return (blocks[..., : QK // 2] | (blocks[..., QK // 2:] << 4)).reshape(q.shape[0], -1)
+    """codes 0..15 [N, K] in column order -> uint8 [N, K/2] in the kernels' int4 order (the inverse of
+    unpack_int4_blocks)."""
+    q = q.to(torch.uint8)
+    N, K = q.shape
+    split = _split_blocks(K)
+    head = q[:, :split].reshape(N, -1, SUPER, 4, 2, 4).permute(0, 1, 3, 2, 5, 4)  # (group, j, t, h, e) -> (group, t, j, e, h)
+    head = head[..., 0] | (head[..., 1] << 4)
+    tail = q[:, split:].reshape(N, -1, QK)
+    tail = tail[..., : QK // 2] | (tail[..., QK // 2:] << 4)
+    return torch.cat((head.reshape(N, split // 2), tail.reshape(N, (K - split) // 2)), dim=1)
+
+
+def gguf_int4_blocks(nibbles: torch.Tensor) -> torch.Tensor:
+    """GGUF Q4 nibble bytes uint8 [N, K/2] (every block in GGUF's order) -> the kernels' int4 order."""
+    N = nibbles.shape[0]
+    blocks = nibbles.reshape(N, -1, QK // 2)
+    return pack_int4_blocks(torch.cat((blocks & 0xF, blocks >> 4), dim=-1).reshape(N, -1))
 
 
 def _per_column(t: torch.Tensor, K: int) -> torch.Tensor:

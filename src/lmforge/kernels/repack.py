@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .reference import QK, pack_int4_blocks
+from .reference import QK, gguf_int4_blocks, pack_int4_blocks
 
 Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES = 18, 20, 34
 
@@ -35,8 +35,8 @@ def _fp16(blocks: torch.Tensor, offset: int) -> torch.Tensor:
 
 
 def _nibbles(blocks: torch.Tensor, offset: int) -> torch.Tensor:
-    """The 16 nibble bytes of every block -> uint8 [N, K/2] (already the kernel's order)."""
-    return blocks[..., offset:offset + QK // 2].reshape(blocks.shape[0], -1).contiguous()
+    """The 16 nibble bytes of every block -> uint8 [N, K/2] in the kernels' int4 order."""
+    return gguf_int4_blocks(blocks[..., offset:offset + QK // 2].reshape(blocks.shape[0], -1)).contiguous()
 
 
 def repack_gguf_q4_0(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

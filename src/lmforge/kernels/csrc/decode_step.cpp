@@ -91,6 +91,11 @@ struct Lin {
   at::Tensor w, scales, mins, bias;  // w: the dense weight, int4 qs or int8 q
   int64_t N, K, G;
   bool integer() const { return kind >= Kind::INT4_F16; }
+  // the blocks held in interleaved groups (int4: Int4Layout::grouped())
+  int64_t grouped() const {
+    constexpr int64_t G8 = Int4Layout<float>::GROUP;
+    return kind == Kind::INT4_F16 || kind == Kind::INT4_F32 ? K / QK / G8 * G8 : 0;
+  }
 };
 
 // This thread's place in the team.
@@ -363,7 +368,7 @@ class DecodePlan : public torch::CustomClassHolder {
       };
       // thread 0 prepares a linear's input: integer weights take it rounded
       auto prepare = [&](const Lin& l, const float* in) {
-        if (l.integer()) rounded.round(in, B, l.K, two);
+        if (l.integer()) rounded.round(in, B, l.K, two, l.grouped());
       };
       auto norm_rows = [&](const Norm& n, const float* in, float* o) {
         for (int64_t m = 0; m < B; ++m) n.apply(in + m * D_, D_, eps_, o + m * D_);

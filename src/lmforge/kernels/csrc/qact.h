@@ -1,6 +1,6 @@
 // The integer-activation products of quant_act_linear.cpp, shared with decode_step.cpp: rounding a row
-// of activations per block of 32 values to int8 codes, the weight decoders for maddubs, and the tile of
-// R weight rows x MR activation rows. See quant_act_linear.cpp for the arithmetic.
+// of activations per block of 32 values to int8 codes, the weight decoders, and the tile of R weight
+// rows x MR activation rows. See quant_act_linear.cpp for the arithmetic.
 #pragma once
 
 #include <immintrin.h>
@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace lmforge_qact {
@@ -20,19 +21,32 @@ using namespace lmforge_simd;
 
 // ---------------------------------------------------------------------- activation rounding
 
-// One row of x, rounded per block: with one plane the int8 codes a [K]; with two the int16 codes
-// c = 254 a + b [K] (|c| <= 32385), which carry both planes into one product; d [K/32] the block
-// scales (divided by 254 with two planes), sums [K/32] the exact fp32 sums of the blocks.
+// One row of x, rounded per block: a [K] the int8 codes; with two planes also b [K] the int8 codes of
+// the rounding error, and c = 254 a + b [K] as int16 (|c| <= 32385), which carries both planes into one
+// product; d [K/32] the block scales (divided by 254 with two planes), sums [K/32] the exact fp32 sums
+// of the blocks. For int4 weights a and b are interleaved like the weights' groups of 8 blocks (vector i
+// of a group, 32 bytes, holds columns 4i .. 4i + 3 of block j in lane j); c is never interleaved.
 struct QRow {
-  const int8_t* a;
+  const int8_t *a, *b;
   const int16_t* c;
   const float *d, *sums;
 };
 
-// Round x [K] into a (one plane) or c (two), d and sums. With two planes the integer sum of a block is
-// q . c = 254 (q . a) + (q . b), made by madd on int16 (exact: no product or pair sum overflows), and
-// d is stored as d / 254.
-inline void round_row(const float* x, int64_t K, bool two, int8_t* a, int16_t* c16, float* d, float* sums) {
+// A group of 8 blocks' codes (256 bytes) reordered so that 4-byte lane j of vector i holds columns
+// 4i .. 4i + 3 of block j: a transpose of 8 x 8 four-byte words.
+inline void interleave_group(int8_t* codes) {
+  uint32_t in[64], out[64];
+  std::memcpy(in, codes, sizeof in);
+  for (int i = 0; i < 8; ++i)
+    for (int j = 0; j < 8; ++j) out[i * 8 + j] = in[j * 8 + i];
+  std::memcpy(codes, out, sizeof out);
+}
+
+// Round x [K] into a (and with two planes b and c), d and sums. With two planes the integer sum of a
+// block is q . (254 a + b) = 254 (q . a) + (q . b), exact in int32, and d is stored as d / 254. The
+// first `grouped` blocks of a and b are interleaved per 8 (int4 weights; 0 for the others).
+inline void round_row(const float* x, int64_t K, bool two, int64_t grouped, int8_t* a, int8_t* b, int16_t* c16,
+                      float* d, float* sums) {
   const __m256 sign = _mm256_set1_ps(-0.f);
   for (int64_t blk = 0; blk < K / QK; ++blk) {
     const float* xb = x + blk * QK;
@@ -63,49 +77,61 @@ inline void round_row(const float* x, int64_t K, bool two, int8_t* a, int16_t* c
       const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_permutevar8x32_epi32(p, order));
     };
-    if (two) {  // c = 254 a + b as int16, in column order (packs works per 128-bit lane)
-      for (int h = 0; h < 2; ++h) {
+    pack(ia, a + blk * QK);
+    if (two) {
+      pack(ib, b + blk * QK);
+      for (int h = 0; h < 2; ++h) {  // c = 254 a + b as int16, in column order (packs works per 128-bit lane)
         const __m256i lo = _mm256_add_epi32(_mm256_mullo_epi32(ia[2 * h], _mm256_set1_epi32(254)), ib[2 * h]);
         const __m256i hi = _mm256_add_epi32(_mm256_mullo_epi32(ia[2 * h + 1], _mm256_set1_epi32(254)), ib[2 * h + 1]);
         const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(c16 + blk * QK + 16 * h), packed);
       }
-    } else {
-      pack(ia, a + blk * QK);
     }
     d[blk] = two ? scale / 254.f : scale;
     sums[blk] = hsum(sum);
   }
+  for (int64_t blk = 0; blk < grouped; blk += 8) {
+    interleave_group(a + blk * QK);
+    if (two) interleave_group(b + blk * QK);
+  }
 }
 
 // M rows of x rounded for the products: each row's codes, block scales and sums, and their QRow views.
+// grouped: the blocks the weight holds in interleaved groups (Int4Layout::grouped(); 0 for int8).
 struct RoundedRows {
-  std::vector<int8_t> a;
+  std::vector<int8_t> a, b;
   std::vector<int16_t> c;
   std::vector<float> meta;
   std::vector<QRow> rows;
-  void round(const float* x, int64_t M, int64_t K, bool two) {
+  void round(const float* x, int64_t M, int64_t K, bool two, int64_t grouped) {
     const int64_t nb8 = (K / QK + 7) / 8 * 8;  // block scales and sums padded with zeros to 8
-    (two ? c.resize(M * K) : a.resize(M * K));
+    a.resize(M * K);
+    if (two) {
+      b.resize(M * K);
+      c.resize(M * K);
+    }
     meta.assign(M * nb8 * 2, 0.f);
     rows.resize(M);
     for (int64_t m = 0; m < M; ++m) {
-      int8_t* am = two ? nullptr : a.data() + m * K;
+      int8_t* am = a.data() + m * K;
+      int8_t* bm = two ? b.data() + m * K : nullptr;
       int16_t* cm = two ? c.data() + m * K : nullptr;
       float* d = meta.data() + m * nb8 * 2;
-      round_row(x + m * K, K, two, am, cm, d, d + nb8);
-      rows[m] = QRow{am, cm, d, d + nb8};
+      round_row(x + m * K, K, two, grouped, am, bm, cm, d, d + nb8);
+      rows[m] = QRow{am, bm, cm, d, d + nb8};
     }
   }
 };
 
 // --------------------------------------------------------------------------- weight decoders
-// codes(block) gives the 32 codes of a block as bytes in column order, in the form maddubs takes
-// (unsigned first operand): int4 codes 0..15 as they are; int8 codes as |q|, their signs moved onto
-// the activation (sign_epi8). codes16(block, lo, hi) gives them as int16, columns 0-15 and 16-31.
+// codes(block) gives the 32 codes of a plain block as bytes in column order, in the form the u8 x s8
+// products take (unsigned first operand): int4 codes 0..15 as they are; int8 codes as |q|, their signs
+// moved onto the activation (sign_epi8). codes16(block, lo, hi) gives them as int16, columns 0-15 and
+// 16-31. int4 weights also have interleaved groups of 8 blocks (int4_groups below).
 
 template <typename S>
 struct Int4Rows : Int4Layout<S> {
+  static constexpr bool GROUPS = true;
   static __m256i codes(const uint8_t* block) {
     const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block));
     const __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
@@ -121,6 +147,8 @@ struct Int4Rows : Int4Layout<S> {
 
 template <typename S>
 struct Int8Rows : Int8Layout<S> {
+  static constexpr bool GROUPS = false;
+  int64_t grouped() const { return 0; }
   static __m256i load(const int8_t* block) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block)); }
   static __m256i codes(const int8_t* block) { return _mm256_abs_epi8(load(block)); }
   static __m256i signed_act(__m256i act, const int8_t* block) { return _mm256_sign_epi8(act, load(block)); }
@@ -164,26 +192,74 @@ __attribute__((always_inline)) inline void block_params(const Rows& w, int64_t N
 // Weight rows per tile for MR activation rows. int8 rows go one at a time: one sequential stream per
 // thread reads DRAM ~35% faster than 4 interleaved 576-byte rows (measured on the default model's
 // shapes, 2 threads); int4 tiles take 4 rows (2 with several activation rows: the accumulators must
-// fit in the registers), which amortizes their costlier decoding.
+// fit in the registers), which amortizes their decoding.
 template <typename Rows, int MR>
 constexpr int tile_rows() {
   return Rows::BLOCK_BYTES == QK ? 1 : (MR == 1 ? 4 : 2);
 }
 
-// y[m * N + n0 + r] for R weight rows and MR activation rows. Per block the integer sum is turned to
-// fp32 and multiplied with scale * d (made 8 blocks at a time into `sd`); the mins times the block sums
-// of x go into the same accumulators. One plane: maddubs (u8 x s8) and madd with ones; two: the codes
-// widened to int16 once per weight row and madd with every row's c.
+// The interleaved groups of an int4 tile: per group of 8 blocks, each row's integer sums come out one
+// block per lane (dot products of 4 codes at a time), then one conversion and one multiply with the 8
+// blocks' scale * d, and the mins with the 8 block sums.
+template <int R, int MR, bool TWO, typename Rows>
+__attribute__((always_inline)) inline void int4_groups(const Rows& w, int64_t n0, const QRow* xr, int64_t N,
+                                                       __m256 (&acc)[R][MR]) {
+  const int64_t bpg = w.K / QK / w.G, groups = w.grouped() / Rows::GROUP;
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  alignas(32) float ws[8], wm[8];
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t b0 = g * Rows::GROUP;
+    __m256i sa[R][MR], sb[R][MR];
+    UNROLL for (int r = 0; r < R; ++r)
+      UNROLL for (int m = 0; m < MR; ++m) sa[r][m] = sb[r][m] = _mm256_setzero_si256();
+    UNROLL for (int t = 0; t < 4; ++t) {
+      UNROLL for (int r = 0; r < R; ++r) {
+        const uint8_t* piece = w.row(n0 + r) + g * Rows::GROUP_BYTES + 32 * t;
+        // the same piece of the next tile's rows: far enough ahead to hide the latency of L3 or DRAM
+        if (t % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + R + r) + g * Rows::GROUP_BYTES + 32 * t), _MM_HINT_T0);
+        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(piece));
+        const __m256i lo = _mm256_and_si256(raw, low), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+        UNROLL for (int m = 0; m < MR; ++m) {  // activation vectors 2t and 2t + 1 of the group
+          const int8_t* a = xr[m].a + b0 * QK + 64 * t;
+          sa[r][m] = dot2_u4s8(sa[r][m], lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)), hi,
+                               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + 32)));
+          if constexpr (TWO) {
+            const int8_t* b = xr[m].b + b0 * QK + 64 * t;
+            sb[r][m] = dot2_u4s8(sb[r][m], lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), hi,
+                                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 32)));
+          }
+        }
+      }
+    }
+    UNROLL for (int r = 0; r < R; ++r) {
+      block_params(w, N, n0 + r, b0, Rows::GROUP, bpg, ws, wm);
+      const __m256 scale = _mm256_load_ps(ws);
+      UNROLL for (int m = 0; m < MR; ++m) {
+        __m256i sum = sa[r][m];
+        if constexpr (TWO) sum = _mm256_add_epi32(_mm256_mullo_epi32(sum, _mm256_set1_epi32(254)), sb[r][m]);
+        const __m256 sd = _mm256_mul_ps(scale, _mm256_loadu_ps(xr[m].d + b0));
+        acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), sd, acc[r][m]);
+        acc[r][m] = _mm256_fmadd_ps(_mm256_load_ps(wm), _mm256_loadu_ps(xr[m].sums + b0), acc[r][m]);
+      }
+    }
+  }
+}
+
+// y[m * N + n0 + r] for R weight rows and MR activation rows. int4 weights: their interleaved groups
+// (int4_groups), then the plain blocks left over. Per plain block the integer sum is turned to fp32
+// and multiplied with scale * d (made 8 blocks at a time into `sd`); the mins times the block sums of x
+// go into the same accumulators. One plane: u8 x s8 products; two: the codes widened to int16 once
+// per weight row and multiplied with every row's c.
 template <int R, int MR, bool TWO, typename Rows>
 inline void dot_tile(const Rows& w, int64_t n0, const QRow* xr, float* y, int64_t N) {
-  const int64_t nb = w.K / QK, bpg = nb / w.G;
-  const __m256i ones = _mm256_set1_epi16(1);
+  const int64_t nb = w.K / QK, bpg = nb / w.G, first = w.grouped();
   __m256 acc[R][MR];
   UNROLL for (int r = 0; r < R; ++r)
     UNROLL for (int m = 0; m < MR; ++m) acc[r][m] = _mm256_setzero_ps();
+  if constexpr (Rows::GROUPS) int4_groups<R, MR, TWO>(w, n0, xr, N, acc);
   alignas(32) float sd[R][MR][8];
   alignas(32) float ws[8], wm[8];
-  for (int64_t b0 = 0; b0 < nb; b0 += 8) {
+  for (int64_t b0 = first; b0 < nb; b0 += 8) {
     const int64_t n = std::min<int64_t>(8, nb - b0);
     UNROLL for (int r = 0; r < R; ++r) {
       block_params(w, N, n0 + r, b0, n, bpg, ws, wm);
@@ -198,15 +274,13 @@ inline void dot_tile(const Rows& w, int64_t n0, const QRow* xr, float* y, int64_
       if constexpr (TWO) {
         UNROLL for (int r = 0; r < R; ++r) {
           const auto* block = w.row(n0 + r) + blk * Rows::BLOCK_BYTES;
-          // the same block of the next tile's rows: far enough ahead to hide the latency of L3 or DRAM
           _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + R + r) + blk * Rows::BLOCK_BYTES), _MM_HINT_T0);
           __m256i lo, hi;
           Rows::codes16(block, lo, hi);
           UNROLL for (int m = 0; m < MR; ++m) {
             const int16_t* c = xr[m].c + blk * QK;
-            const __m256i s = _mm256_add_epi32(
-                _mm256_madd_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c))),
-                _mm256_madd_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 16))));
+            const __m256i s = dot_s16(dot_s16(_mm256_setzero_si256(), lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c))),
+                                      hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 16)));
             acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcast_ss(&sd[r][m][j]), acc[r][m]);
           }
         }
@@ -218,7 +292,7 @@ inline void dot_tile(const Rows& w, int64_t n0, const QRow* xr, float* y, int64_
           _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + R + r) + blk * Rows::BLOCK_BYTES), _MM_HINT_T0);
           const __m256i q = Rows::codes(block);
           UNROLL for (int m = 0; m < MR; ++m) {
-            const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(q, Rows::signed_act(av[m], block)), ones);
+            const __m256i s = dot_u8s8(_mm256_setzero_si256(), q, Rows::signed_act(av[m], block));
             acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcast_ss(&sd[r][m][j]), acc[r][m]);
           }
         }

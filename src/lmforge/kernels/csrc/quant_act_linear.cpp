@@ -7,9 +7,13 @@
 // the block's largest value), which makes the product all but exact. A block's dot product with a
 // weight row is then integer arithmetic,
 //   sum_j w_j x_j = scale * d * (sum q_j a_j [+ sum q_j b_j / 254]) + min * sum_j x_j,
-// the last term with the exact fp32 sum of the block's x: one plane by maddubs (unsigned x signed
-// bytes), two as one int16 product with c = 254 a + b (madd), see qact.h. That takes fewer instructions per weight than
-// widening every weight to fp32 (quant_linear.cpp); benchmarks/kernels.py measures both.
+// the last term with the exact fp32 sum of the block's x, products of unsigned and signed bytes
+// (VNNI's dpbusd where the CPU has it, maddubs + madd otherwise; see qact.h). int4 weights hold most of
+// a row in interleaved groups of 8 blocks, whose integer sums come out one block per vector lane, so
+// that 8 blocks share one conversion to fp32 and one multiply (two planes: a and b products, joined as
+// 254 sa + sb); the blocks left over, and int8 weights, take one block per vector (two planes: one
+// int16 product with c = 254 a + b). That takes fewer instructions per weight than widening every
+// weight to fp32 (quant_linear.cpp); benchmarks/kernels.py measures both.
 // reference.py (int4_linear / int8_linear with act_bits) defines the same rounding in PyTorch.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -39,7 +43,7 @@ void gemv(const Rows& w, const QRow* xr, float* y, int64_t N, int64_t bytes_per_
 template <bool TWO, typename Rows>
 void gemv_rows(const Rows& w, const float* x, float* y, int64_t M, int64_t N, int64_t K, int64_t bytes_per_row) {
   RoundedRows rounded;
-  rounded.round(x, M, K, TWO);
+  rounded.round(x, M, K, TWO, w.grouped());
   for (int64_t m0 = 0; m0 < M; m0 += MAX_ROWS) {
     const QRow* xr = rounded.rows.data() + m0;
     float* ym = y + m0 * N;

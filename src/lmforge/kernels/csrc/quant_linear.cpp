@@ -4,9 +4,9 @@
 // the fp32 summation order), so a quantized model computes exactly what its float reading computes.
 // See lmforge/kernels/__init__.py for the layouts and reference.py for the definitions.
 //
-//   int4: qs uint8 [N, K/2], block b of row n in bytes [16b, 16b + 16): byte j holds column 32b + j in its
-//         low nibble and column 32b + 16 + j in its high nibble (GGUF Q4_0/Q4_1 order);
-//         scales, mins fp16 or fp32 [N, G]: w = q * scale + min, groups of K/G columns (a multiple of 32).
+//   int4: qs uint8 [N, K/2], rows of interleaved groups of 8 blocks and then plain blocks (see the layout
+//         in lmforge/kernels/__init__.py); scales, mins fp16 or fp32 [N, G]: w = q * scale + min, groups
+//         of K/G columns (a multiple of 32).
 //   int8: q int8 [N, K]; scales fp16 or fp32 [N, G]: w = q * scale.
 //
 // Few activation rows (decode): every weight row is read once and multiplied with up to MAX_ROWS rows of
@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -40,17 +41,26 @@ constexpr int64_t PREFETCH_BLOCKS = 8;  // how far ahead in a weight row to pref
 
 template <typename S>
 struct Int4Rows : Int4Layout<S> {
-  static __m256 codes(const uint8_t* block, int c) {
-    // chunks 0, 1: low nibbles of bytes 0-7, 8-15; chunks 2, 3: their high nibbles
-    __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(block + (c & 1) * 8)));
-    v = c < 2 ? _mm256_and_si256(v, _mm256_set1_epi32(0x0F)) : _mm256_srli_epi32(v, 4);
-    return _mm256_cvtepi32_ps(v);
+  __m256 codes(int64_t r, int64_t b, int c) const {
+    const uint8_t* row = this->row(r);
+    __m128i v;
+    if (b < this->grouped()) {  // 4 bytes of the group: columns 8c .. 8c + 3 low, 8c + 4 .. 8c + 7 high
+      int32_t word;
+      std::memcpy(&word, row + b / this->GROUP * this->GROUP_BYTES + c * 32 + b % this->GROUP * 4, 4);
+      const __m128i raw = _mm_cvtsi32_si128(word);
+      v = _mm_and_si128(_mm_unpacklo_epi32(raw, _mm_srli_epi16(raw, 4)), _mm_set1_epi8(0x0F));
+    } else {  // chunks 0, 1: low nibbles of bytes 0-7, 8-15; chunks 2, 3: their high nibbles
+      v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + b * this->BLOCK_BYTES + (c & 1) * 8));
+      v = _mm_and_si128(c < 2 ? v : _mm_srli_epi16(v, 4), _mm_set1_epi8(0x0F));
+    }
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
   }
 };
 
 template <typename S>
 struct Int8Rows : Int8Layout<S> {
-  static __m256 codes(const int8_t* block, int c) {
+  __m256 codes(int64_t r, int64_t b, int c) const {
+    const int8_t* block = this->row(r) + b * this->BLOCK_BYTES;
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(block + 8 * c))));
   }
 };
@@ -77,7 +87,7 @@ void dot_tile(const Rows& w, int64_t n0, const float* x, const float* xg, int64_
         __m256 xv[MR];
         for (int m = 0; m < MR; ++m) xv[m] = _mm256_loadu_ps(x + m * K + b * QK + 8 * c);
         for (int r = 0; r < R; ++r) {
-          const __m256 cv = Rows::codes(w.row(n0 + r) + b * Rows::BLOCK_BYTES, c);
+          const __m256 cv = w.codes(n0 + r, b, c);
           for (int m = 0; m < MR; ++m) gacc[r][m] = _mm256_fmadd_ps(cv, xv[m], gacc[r][m]);
         }
       }
@@ -142,7 +152,7 @@ at::Tensor gemm_dequantized(const Rows& w, const at::Tensor& x, int64_t N) {
         for (int64_t b = 0; b < K / QK; ++b) {
           const __m256 scale = _mm256_set1_ps(w.scale(n0 + r, b / bpg)), min = _mm256_set1_ps(w.min(n0 + r, b / bpg));
           for (int c = 0; c < 4; ++c) {
-            const __m256 v = _mm256_fmadd_ps(Rows::codes(w.row(n0 + r) + b * Rows::BLOCK_BYTES, c), scale, min);
+            const __m256 v = _mm256_fmadd_ps(w.codes(n0 + r, b, c), scale, min);
             _mm256_storeu_ps(pp + r * K + b * QK + 8 * c, v);
           }
         }

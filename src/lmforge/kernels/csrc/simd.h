@@ -48,6 +48,41 @@ inline __m256 exp8(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
+// Dot products of 4 unsigned bytes u with 4 signed bytes s per 32-bit lane, added to acc: one VNNI
+// instruction where the CPU has it, maddubs + madd otherwise (whose int16 pair sums must not
+// saturate: |u s + u' s'| <= 32767, true for int4 codes and for |int8| <= 127 against int8).
+inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(acc, u, s);
+#elif defined(__AVXVNNI__)
+  return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+// Two such products added to acc, for int4 codes u (0..15) only: without VNNI the two int16 sums are
+// added before widening (|sum| <= 4 * 15 * 128 stays in int16).
+inline __m256i dot2_u4s8(__m256i acc, __m256i u0, __m256i s0, __m256i u1, __m256i s1) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__) || defined(__AVXVNNI__)
+  return dot_u8s8(dot_u8s8(acc, u0, s0), u1, s1);
+#else
+  const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(u0, s0), _mm256_maddubs_epi16(u1, s1));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+#endif
+}
+
+// Products of int16 pairs per 32-bit lane added to acc (VNNI where the CPU has it).
+inline __m256i dot_s16(__m256i acc, __m256i a, __m256i b) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpwssd_epi32(acc, a, b);
+#elif defined(__AVXVNNI__)
+  return _mm256_dpwssd_avx_epi32(acc, a, b);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+#endif
+}
+
 // The block layouts of the quantized weights (see lmforge/kernels/__init__.py): where a row's bytes
 // are and its per-group scales (and mins). The kernels add their own decoders of a block's codes.
 constexpr int64_t QK = 32;  // columns per block
@@ -61,6 +96,9 @@ struct Int4Layout {
   const S *scales, *mins;
   int64_t K, G;
   const uint8_t* row(int64_t r) const { return qs + r * (K / 2); }
+  // blocks 0 .. grouped() - 1 are held in interleaved groups of GROUP (see lmforge/kernels/__init__.py)
+  static constexpr int64_t GROUP = 8, GROUP_BYTES = GROUP * BLOCK_BYTES;
+  int64_t grouped() const { return K / QK / GROUP * GROUP; }
   float scale(int64_t r, int64_t g) const { return to_float(scales[r * G + g]); }
   float min(int64_t r, int64_t g) const { return mins ? to_float(mins[r * G + g]) : -8.f * scale(r, g); }
 };
