@@ -8,10 +8,11 @@
 // (benchmarks/overhead.py). Here the step is one parallel region: the threads split every matrix
 // product by rows of the weight, and meet at a barrier between the dependent phases of a layer:
 //
-//   norm + rounding of x (thread 0) | qkv | rope + cache write | attention | rounding | o (+= x)
+//   norm + rounding of x | qkv | rope + cache write | attention | rounding | o (+= x)
 //   | norm + rounding | gate/up (plain: fc1 and its activation) | silu * up + rounding | down (+= x)
 //
-// (a parallel block normalizes x once or twice up front, and both sublayers add into x.)
+// (a parallel block normalizes x once or twice up front, and both sublayers add into x.) The steps
+// between the products work per row of the batch, so the threads take the rows between them.
 //
 // The arithmetic is that of the single ops (the same tiles: qact.h, dense.h, attention.h), so the step
 // gives what the op-by-op path gives with the same act_bits, up to the fp32 summation order.
@@ -327,7 +328,8 @@ class DecodePlan : public torch::CustomClassHolder {
     // h: a linear's input (norm, attention or MLP activation output); h2: the MLP's normalized input
     std::vector<float> h(B * widest), h2(B * D_), qkv(B * heads * hd_), y(B * nmax);
     at::Tensor logits = at::empty({B, V}, x.options());
-    RoundedRows rounded;  // the rounded input of the current linear (thread 0 writes it between barriers)
+    RoundedRows rounded;  // the rounded input of the current linear (each thread its rows, between barriers)
+    rounded.reserve(B, widest, act_bits_ == 16);
 
     float* rp = res.data_ptr<float>();
     float* hp = h.data();
@@ -366,29 +368,29 @@ class DecodePlan : public torch::CustomClassHolder {
         phase_seconds_[phase] += std::chrono::duration<double>(now - clock).count();
         clock = now;
       };
-      // thread 0 prepares a linear's input: integer weights take it rounded
+      // Between the products each thread prepares its rows of the batch (m0 .. m1 - 1): norms, the
+      // gate, and the next linear's input, rounded for integer weights.
+      const int64_t m0 = t.begin(B), m1 = t.end(B);
       auto prepare = [&](const Lin& l, const float* in) {
-        if (l.integer()) rounded.round(in, B, l.K, two, l.grouped());
+        if (l.integer()) rounded.round_rows(in, m0, m1, l.K, two, l.grouped());
       };
       auto norm_rows = [&](const Norm& n, const float* in, float* o) {
-        for (int64_t m = 0; m < B; ++m) n.apply(in + m * D_, D_, eps_, o + m * D_);
+        for (int64_t m = m0; m < m1; ++m) n.apply(in + m * D_, D_, eps_, o + m * D_);
       };
       for (int64_t li = 0; li < NL; ++li) {
         const Layer& layer = layers_[li];
         const Lin &wqkv = lins_[layer.qkv], &wo = lins_[layer.o], &win = lins_[layer.in], &wout = lins_[layer.out];
         float* kl = kc + li * layer_stride;
         float* vl = vc + li * layer_stride;
-        if (t.id == 0) {
-          norm_rows(layer.attn_norm, rp, hp);
-          if (parallel_) {  // both sublayers read the block's input
-            if (layer.mlp_norm.defined()) {
-              norm_rows(layer.mlp_norm, rp, h2p);
-            } else {
-              std::copy(hp, hp + B * D_, h2p);
-            }
+        norm_rows(layer.attn_norm, rp, hp);
+        if (parallel_) {  // both sublayers read the block's input
+          if (layer.mlp_norm.defined()) {
+            norm_rows(layer.mlp_norm, rp, h2p);
+          } else {
+            std::copy(hp + m0 * D_, hp + m1 * D_, h2p + m0 * D_);
           }
-          prepare(wqkv, hp);
         }
+        prepare(wqkv, hp);
         barrier();
         phase_end(0);
         Linear(wqkv, t).run(hp, rounded, B, qkvp, nullptr, two);
@@ -417,20 +419,16 @@ class DecodePlan : public torch::CustomClassHolder {
           if (!split(grp) && t.owner(tasks, grp * C) == t.id) merge_group(grp);
         barrier();
         phase_end(3);
-        if (t.id == 0) {
-          for (int64_t grp = 0; grp < groups; ++grp)
-            if (split(grp)) merge_group(grp);
-          prepare(wo, hp);
-        }
+        for (int64_t grp = m0 * KV_; grp < m1 * KV_; ++grp)  // groups are (row, key/value head)
+          if (split(grp)) merge_group(grp);
+        prepare(wo, hp);
         barrier();
         phase_end(4);
         Linear(wo, t).run(hp, rounded, B, yp, rp, two);
         barrier();
         phase_end(5);
-        if (t.id == 0) {
-          if (!parallel_) norm_rows(layer.mlp_norm, rp, h2p);
-          prepare(win, h2p);
-        }
+        if (!parallel_) norm_rows(layer.mlp_norm, rp, h2p);
+        prepare(win, h2p);
         barrier();
         phase_end(6);
         if (gated_) {
@@ -440,14 +438,12 @@ class DecodePlan : public torch::CustomClassHolder {
         }
         barrier();
         phase_end(7);
-        if (t.id == 0) {
-          if (gated_) {
-            const int64_t hidden = win.N / 2;
-            for (int64_t m = 0; m < B; ++m)
-              lmforge_dense::silu_mul_row(yp + m * win.N, yp + m * win.N + hidden, hidden, hp + m * hidden);
-          }
-          prepare(wout, hp);
+        if (gated_) {
+          const int64_t hidden = win.N / 2;
+          for (int64_t m = m0; m < m1; ++m)
+            lmforge_dense::silu_mul_row(yp + m * win.N, yp + m * win.N + hidden, hidden, hp + m * hidden);
         }
+        prepare(wout, hp);
         barrier();
         phase_end(8);
         Linear(wout, t).run(hp, rounded, B, yp, rp, two);
@@ -455,14 +451,12 @@ class DecodePlan : public torch::CustomClassHolder {
         phase_end(9);
       }
       const Lin& head = lins_[head_];
-      if (t.id == 0) {
-        if (norm_.defined()) {
-          norm_rows(norm_, rp, hp);
-        } else {
-          std::copy(rp, rp + B * D_, hp);
-        }
-        prepare(head, hp);
+      if (norm_.defined()) {
+        norm_rows(norm_, rp, hp);
+      } else {
+        std::copy(rp + m0 * D_, rp + m1 * D_, hp + m0 * D_);
       }
+      prepare(head, hp);
       barrier();
       phase_end(10);
       Linear(head, t).run(hp, rounded, B, out, nullptr, two);

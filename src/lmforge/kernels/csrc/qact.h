@@ -104,23 +104,35 @@ struct RoundedRows {
   std::vector<float> meta;
   std::vector<QRow> rows;
   void round(const float* x, int64_t M, int64_t K, bool two, int64_t grouped) {
-    const int64_t nb8 = (K / QK + 7) / 8 * 8;  // block scales and sums padded with zeros to 8
+    reserve(M, K, two);
+    round_rows(x, 0, M, K, two, grouped);
+  }
+  // room for M rows of up to K columns, so that threads can then round rows side by side
+  void reserve(int64_t M, int64_t K, bool two) {
     a.resize(M * K);
     if (two) {
       b.resize(M * K);
       c.resize(M * K);
     }
-    meta.assign(M * nb8 * 2, 0.f);
+    meta.resize(M * padded(K) * 2);
     rows.resize(M);
-    for (int64_t m = 0; m < M; ++m) {
+  }
+  // rows m0 .. m1 - 1 of x [M, K] (reserve first)
+  void round_rows(const float* x, int64_t m0, int64_t m1, int64_t K, bool two, int64_t grouped) {
+    const int64_t nb8 = padded(K);
+    for (int64_t m = m0; m < m1; ++m) {
       int8_t* am = a.data() + m * K;
       int8_t* bm = two ? b.data() + m * K : nullptr;
       int16_t* cm = two ? c.data() + m * K : nullptr;
       float* d = meta.data() + m * nb8 * 2;
+      std::fill(d, d + nb8 * 2, 0.f);
       round_row(x + m * K, K, two, grouped, am, bm, cm, d, d + nb8);
       rows[m] = QRow{am, bm, cm, d, d + nb8};
     }
   }
+
+ private:
+  static int64_t padded(int64_t K) { return (K / QK + 7) / 8 * 8; }  // block scales and sums padded with zeros to 8
 };
 
 // --------------------------------------------------------------------------- weight decoders
