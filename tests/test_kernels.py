@@ -72,9 +72,12 @@ def test_int8_linear_matches_reference(native, M, N, K, dtype):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(M, K, generator=g)
     q = torch.randint(-128, 128, (N, K), dtype=torch.int8, generator=g)  # -128 too: the sign trick
+    grouped = reference.pack_int8_groups(q)  # the same weight in the grouped layout (uint8)
     for group in (32, K):
         scales = (torch.rand(N, K // group, generator=g) * 0.01).to(dtype)
-        assert_matches_reference(kernels.int8_linear(x, q, scales), reference.int8_linear(x, q, scales))
+        ref = reference.int8_linear(x, q, scales)
+        assert_matches_reference(kernels.int8_linear(x, q, scales), ref)
+        assert_matches_reference(kernels.int8_linear(x, grouped, scales), ref)
 
 
 def test_batch_dims_and_dtypes(native):
@@ -124,8 +127,9 @@ def test_rounded_activation_linears_match_reference(native, bits, M, N, K, dtype
         y, ref = kernels.int4_linear(x, *weights, bits), reference.int4_linear(x, *weights, act_bits=bits)
         assert_matches_reference(y, ref)
         scales = (torch.rand(N, K // group, generator=g) * 0.01).to(dtype)
-        assert_matches_reference(kernels.int8_linear(x, q8, scales, bits),
-                                 reference.int8_linear(x, q8, scales, act_bits=bits))
+        ref8 = reference.int8_linear(x, q8, scales, act_bits=bits)
+        assert_matches_reference(kernels.int8_linear(x, q8, scales, bits), ref8)
+        assert_matches_reference(kernels.int8_linear(x, reference.pack_int8_groups(q8), scales, bits), ref8)
         if M >= reference.GEMM_MIN_ROWS:
             assert_matches_reference(y, reference.int4_linear(x, *weights))
 
@@ -228,6 +232,18 @@ def test_attention_decode_rejects_bad_input(native):
 def test_int4_block_pack_round_trip(K):
     q = torch.randint(0, 16, (5, K), dtype=torch.uint8)
     assert torch.equal(reference.unpack_int4_blocks(reference.pack_int4_blocks(q)), q)
+
+
+@pytest.mark.parametrize("K", [32, 256, 320, 576])
+def test_int8_group_pack_round_trip(K):
+    q = torch.randint(-128, 128, (5, K), dtype=torch.int8)
+    u = reference.pack_int8_groups(q)
+    assert u.dtype == torch.uint8 and torch.equal(reference.unpack_int8_groups(u), q)
+    K8 = K // 256 * 256
+    assert torch.equal(u[:, K8:].to(torch.int16) - 128, q[:, K8:].to(torch.int16))  # left over: codes + 128
+    if K8:  # in a group, byte 32 i + 4 j + e is column 4 i + e of block j
+        i, j, e = 5, 3, 2
+        assert int(u[0, 32 * i + 4 * j + e]) - 128 == int(q[0, 32 * j + 4 * i + e])
 
 
 def test_int4_layout_interleaves_groups_of_eight_blocks():

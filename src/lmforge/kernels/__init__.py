@@ -10,7 +10,10 @@ Weight layouts (output channel first; K a multiple of 32, groups of K/G columns,
   ``scales`` and ``mins`` [N, G], both float16 or both float32; w = q * scale + min with q in 0..15.
   Empty ``mins`` [N, 0] mean min = -8 * scale (symmetric codes, GGUF Q4_0): 11% fewer bytes to read
   than storing them.
-- int8: ``q`` int8 [N, K]; ``scales`` float16 or float32 [N, G]; w = q * scale.
+- int8: ``q`` int8 [N, K] (plain: column order), or uint8 [N, K] (grouped, GGUF Q8_0 at load: the codes
+  + 128, in interleaved groups of 8 blocks like int4's, byte 32 i + 4 j + e holding column 4 i + e
+  of block j, then the blocks left over in column order; ``reference.pack_int8_groups``). ``scales``
+  float16 or float32 [N, G]; w = q * scale.
 - dense: ``weight`` float32, bfloat16 or float16 [N, K] (an ordinary Linear weight).
 
 ``int4_linear(x, ..., act_bits)`` / ``int8_linear(x, ..., act_bits)`` compute x [..., K] @ W.T -> [..., N]
@@ -120,7 +123,8 @@ def int4_linear(x: torch.Tensor, qs: torch.Tensor, scales: torch.Tensor, mins: t
 
 
 def int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, act_bits: int = 32) -> torch.Tensor:
-    """x [..., K] @ W.T -> [..., N] for the int8 layout (W = q * scales per group); act_bits as for int4."""
+    """x [..., K] @ W.T -> [..., N] for an int8 layout (W = q * scales per group; q int8 plain or uint8
+    grouped); act_bits as for int4."""
     backend()
     return torch.ops.lmforge.int8_linear(x, q, scales, act_bits)
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 QK = 32  # columns per block
 
 
-SUPER = 8  # blocks per interleaved group of the int4 layout
+SUPER = 8  # blocks per interleaved group of the int4 and grouped int8 layouts
 
 
 def _split_blocks(K: int) -> int:
@@ -57,6 +57,30 @@ def gguf_int4_blocks(nibbles: torch.Tensor) -> torch.Tensor:
     return pack_int4_blocks(torch.cat((blocks & 0xF, blocks >> 4), dim=-1).reshape(N, -1))
 
 
+def pack_int8_groups(q: torch.Tensor) -> torch.Tensor:
+    """int8 codes [N, K] in column order -> uint8 [N, K] in the kernels' grouped int8 order: q + 128,
+    each row in groups of 8 blocks (256 bytes) where byte 32 i + 4 j + e holds column 4 i + e of block
+    j (i < 8, e < 4), then the blocks left over in column order."""
+    N, K = q.shape
+    split = _split_blocks(K)
+    u = (q.to(torch.int16) + 128).to(torch.uint8)
+    head = u[:, :split].reshape(N, -1, SUPER, SUPER, 4).transpose(2, 3)  # (group, j, i, e) -> (group, i, j, e)
+    return torch.cat((head.reshape(N, split), u[:, split:]), dim=1)
+
+
+def unpack_int8_groups(u: torch.Tensor) -> torch.Tensor:
+    """The inverse of pack_int8_groups: uint8 [N, K] -> int8 codes [N, K] in column order."""
+    N, K = u.shape
+    split = _split_blocks(K)
+    head = u[:, :split].reshape(N, -1, SUPER, SUPER, 4).transpose(2, 3).reshape(N, split)
+    return (torch.cat((head, u[:, split:]), dim=1).to(torch.int16) - 128).to(torch.int8)
+
+
+def int8_codes(q: torch.Tensor) -> torch.Tensor:
+    """The int8 codes [N, K] in column order of either int8 layout: int8 (plain) or uint8 (grouped)."""
+    return unpack_int8_groups(q) if q.dtype == torch.uint8 else q
+
+
 def _per_column(t: torch.Tensor, K: int) -> torch.Tensor:
     """[N, G] group values -> [N, K] fp32, one per column."""
     return t.float().repeat_interleave(K // t.shape[1], dim=1)
@@ -75,8 +99,8 @@ def dequantize_int4_blocks(qs: torch.Tensor, scales: torch.Tensor, mins: torch.T
 
 
 def dequantize_int8_blocks(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """The weight [N, K] fp32 of the int8 kernel layout: w = q * scale."""
-    return q.float() * _per_column(scales, q.shape[1])
+    """The weight [N, K] fp32 of an int8 kernel layout (plain int8 or grouped uint8): w = q * scale."""
+    return int8_codes(q).float() * _per_column(scales, q.shape[1])
 
 
 GEMM_MIN_ROWS = 32  # from this many rows of x on, the kernels multiply with the fp32 activation

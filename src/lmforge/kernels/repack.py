@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .reference import QK, gguf_int4_blocks, pack_int4_blocks
+from .reference import QK, gguf_int4_blocks, pack_int4_blocks, pack_int8_groups
 
 Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES = 18, 20, 34
 
@@ -54,10 +54,10 @@ def repack_gguf_q4_1(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 
 
 def repack_gguf_q8_0(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """GGUF Q8_0 bytes -> (q int8 [N, K], scales fp16 [N, K/32])."""
+    """GGUF Q8_0 bytes -> (q uint8 [N, K] in the grouped int8 order, scales fp16 [N, K/32])."""
     blocks = _blocks(raw, Q8_0_BYTES, "Q8_0")
     q = blocks[..., 2:].contiguous().view(torch.int8).reshape(blocks.shape[0], -1)
-    return q, _fp16(blocks, 0).contiguous()
+    return pack_int8_groups(q).contiguous(), _fp16(blocks, 0).contiguous()
 
 
 def repack_int4(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor

@@ -268,7 +268,8 @@ class BlockInt4Linear(QuantLinear):
 
 class BlockInt8Linear(QuantLinear):
     """int8 with one scale per group of input columns (GGUF Q8_0 at load: groups of 32), the native
-    kernels' layout: ``q`` int8 [N, K], ``scales`` [N, G] float16 or float32, w = q * scale."""
+    kernels' grouped layout: ``q`` uint8 [N, K] (codes + 128, interleaved per 8 blocks, see
+    lmforge.kernels), ``scales`` [N, G] float16 or float32, w = q * scale."""
     format = "q8"
     weight_names = ("q", "scales")
 
@@ -276,7 +277,7 @@ class BlockInt8Linear(QuantLinear):
                  groups: int | None = None, scale_dtype: torch.dtype = torch.float16):
         super().__init__(in_features, out_features, bias, input_scale, perm)
         groups = groups or in_features // kernels.reference.QK
-        self.register_buffer("q", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("q", torch.full((out_features, in_features), 128, dtype=torch.uint8))  # zeros
         self.register_buffer("scales", torch.ones(out_features, groups, dtype=scale_dtype))
 
     def format_args(self):

@@ -44,7 +44,7 @@ namespace {
 
 using namespace lmforge_qact;  // QK, QRow, RoundedRows, dot_tile, Int4Rows, Int8Rows, for_tiles
 
-enum class Kind { DENSE_F32, INT4_F16, INT4_F32, INT8_F16, INT8_F32 };
+enum class Kind { DENSE_F32, INT4_F16, INT4_F32, INT8_F16, INT8_F32, INT8G_F16, INT8G_F32 };  // G: grouped int8
 enum class Act { SILU, GELU, GELU_TANH, RELU };
 
 Act parse_act(const std::string& name) {
@@ -92,10 +92,11 @@ struct Lin {
   at::Tensor w, scales, mins, bias;  // w: the dense weight, int4 qs or int8 q
   int64_t N, K, G;
   bool integer() const { return kind >= Kind::INT4_F16; }
-  // the blocks held in interleaved groups (int4: Int4Layout::grouped())
+  // the blocks held in interleaved groups (the layouts' grouped())
   int64_t grouped() const {
     constexpr int64_t G8 = Int4Layout<float>::GROUP;
-    return kind == Kind::INT4_F16 || kind == Kind::INT4_F32 ? K / QK / G8 * G8 : 0;
+    const bool plain = kind == Kind::INT8_F16 || kind == Kind::INT8_F32;
+    return plain ? 0 : K / QK / G8 * G8;
   }
 };
 
@@ -186,8 +187,12 @@ class Linear {
         return quant<MR, TWO>(Int4Rows<float>{{l_.w.data_ptr<uint8_t>(), l_.scales.data_ptr<float>(), l_.mins.numel() ? l_.mins.data_ptr<float>() : nullptr, K, G}}, xr, y);
       case Kind::INT8_F16:
         return quant<MR, TWO>(Int8Rows<at::Half>{{l_.w.data_ptr<int8_t>(), l_.scales.data_ptr<at::Half>(), K, G}}, xr, y);
-      default:
+      case Kind::INT8_F32:
         return quant<MR, TWO>(Int8Rows<float>{{l_.w.data_ptr<int8_t>(), l_.scales.data_ptr<float>(), K, G}}, xr, y);
+      case Kind::INT8G_F16:
+        return quant<MR, TWO>(Int8Rows<at::Half, uint8_t>{{l_.w.data_ptr<uint8_t>(), l_.scales.data_ptr<at::Half>(), K, G}}, xr, y);
+      default:
+        return quant<MR, TWO>(Int8Rows<float, uint8_t>{{l_.w.data_ptr<uint8_t>(), l_.scales.data_ptr<float>(), K, G}}, xr, y);
     }
   }
 
@@ -222,8 +227,8 @@ class DecodePlan : public torch::CustomClassHolder {
     TORCH_CHECK(act_bits == 8 || act_bits == 16, "DecodePlan: act_bits must be 8 or 16, got ", act_bits);
   }
 
-  // format: "dense" (fp32 weight [N, K]), "int4" (qs, scales, mins) or "int8" (q, scales), in the
-  // layouts of lmforge/kernels/__init__.py; returns the linear's index.
+  // format: "dense" (fp32 weight [N, K]), "int4" (qs, scales, mins) or "int8" (q: int8 plain or uint8
+  // grouped, scales), in the layouts of lmforge/kernels/__init__.py; returns the linear's index.
   int64_t add_linear(const std::string& format, const std::vector<at::Tensor>& parts, const c10::optional<at::Tensor>& bias) {
     Lin l;
     auto cpu_contiguous = [](const at::Tensor& t) { return t.device().is_cpu() && t.is_contiguous(); };
@@ -241,7 +246,8 @@ class DecodePlan : public torch::CustomClassHolder {
       TORCH_CHECK(parts.size() == (int4 ? 3u : 2u), "DecodePlan: ", format, " takes ", int4 ? 3 : 2, " tensors");
       l.w = parts[0];
       l.scales = parts[1];
-      TORCH_CHECK(l.w.dim() == 2 && l.w.scalar_type() == (int4 ? at::kByte : at::kChar), "DecodePlan: bad ", format, " codes");
+      TORCH_CHECK(l.w.dim() == 2 && (l.w.scalar_type() == at::kByte || (!int4 && l.w.scalar_type() == at::kChar)),
+                  "DecodePlan: bad ", format, " codes");
       l.N = l.w.size(0);
       l.K = int4 ? l.w.size(1) * 2 : l.w.size(1);
       const auto st = l.scales.scalar_type();
@@ -256,7 +262,8 @@ class DecodePlan : public torch::CustomClassHolder {
                     "DecodePlan: mins must match scales, or be empty [N, 0] (min = -8 scale)");
         l.kind = st == at::kHalf ? Kind::INT4_F16 : Kind::INT4_F32;
       } else {
-        l.kind = st == at::kHalf ? Kind::INT8_F16 : Kind::INT8_F32;
+        const bool grouped = l.w.scalar_type() == at::kByte;
+        l.kind = st == at::kHalf ? (grouped ? Kind::INT8G_F16 : Kind::INT8_F16) : (grouped ? Kind::INT8G_F32 : Kind::INT8_F32);
       }
     } else {
       TORCH_CHECK(false, "DecodePlan: unknown linear format ", format);

@@ -24,12 +24,13 @@ using namespace lmforge_simd;
 // One row of x, rounded per block: a [K] the int8 codes; with two planes also b [K] the int8 codes of
 // the rounding error, and c = 254 a + b [K] as int16 (|c| <= 32385), which carries both planes into one
 // product; d [K/32] the block scales (divided by 254 with two planes), sums [K/32] the exact fp32 sums
-// of the blocks. For int4 weights a and b are interleaved like the weights' groups of 8 blocks (vector i
+// of the blocks. For grouped weights a and b are interleaved like the weights' groups of 8 blocks (vector i
 // of a group, 32 bytes, holds columns 4i .. 4i + 3 of block j in lane j); c is never interleaved.
 struct QRow {
   const int8_t *a, *b;
   const int16_t* c;
   const float *d, *sums;
+  const int32_t* csum;  // [K/32] the integer sums of a block's codes: of a, or with two planes of c
 };
 
 // A group of 8 blocks' codes (256 bytes) reordered so that 4-byte lane j of vector i holds columns
@@ -42,11 +43,11 @@ inline void interleave_group(int8_t* codes) {
   std::memcpy(codes, out, sizeof out);
 }
 
-// Round x [K] into a (and with two planes b and c), d and sums. With two planes the integer sum of a
+// Round x [K] into a (and with two planes b and c), d, sums and csum. With two planes the integer sum of a
 // block is q . (254 a + b) = 254 (q . a) + (q . b), exact in int32, and d is stored as d / 254. The
-// first `grouped` blocks of a and b are interleaved per 8 (int4 weights; 0 for the others).
+// first `grouped` blocks of a and b are interleaved per 8 (grouped weights; 0 for plain int8).
 inline void round_row(const float* x, int64_t K, bool two, int64_t grouped, int8_t* a, int8_t* b, int16_t* c16,
-                      float* d, float* sums) {
+                      float* d, float* sums, int32_t* csum) {
   const __m256 sign = _mm256_set1_ps(-0.f);
   for (int64_t blk = 0; blk < K / QK; ++blk) {
     const float* xb = x + blk * QK;
@@ -89,6 +90,14 @@ inline void round_row(const float* x, int64_t K, bool two, int64_t grouped, int8
     }
     d[blk] = two ? scale / 254.f : scale;
     sums[blk] = hsum(sum);
+    __m256i ca = _mm256_add_epi32(_mm256_add_epi32(ia[0], ia[1]), _mm256_add_epi32(ia[2], ia[3]));
+    if (two) {
+      const __m256i cb = _mm256_add_epi32(_mm256_add_epi32(ib[0], ib[1]), _mm256_add_epi32(ib[2], ib[3]));
+      ca = _mm256_add_epi32(_mm256_mullo_epi32(ca, _mm256_set1_epi32(254)), cb);
+    }
+    alignas(32) int32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), ca);
+    csum[blk] = lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
   }
   for (int64_t blk = 0; blk < grouped; blk += 8) {
     interleave_group(a + blk * QK);
@@ -97,11 +106,12 @@ inline void round_row(const float* x, int64_t K, bool two, int64_t grouped, int8
 }
 
 // M rows of x rounded for the products: each row's codes, block scales and sums, and their QRow views.
-// grouped: the blocks the weight holds in interleaved groups (Int4Layout::grouped(); 0 for int8).
+// grouped: the blocks the weight holds in interleaved groups (its layout's grouped(); 0 for plain int8).
 struct RoundedRows {
   std::vector<int8_t> a, b;
   std::vector<int16_t> c;
   std::vector<float> meta;
+  std::vector<int32_t> csums;
   std::vector<QRow> rows;
   void round(const float* x, int64_t M, int64_t K, bool two, int64_t grouped) {
     reserve(M, K, two);
@@ -115,6 +125,7 @@ struct RoundedRows {
       c.resize(M * K);
     }
     meta.resize(M * padded(K) * 2);
+    csums.resize(M * padded(K));
     rows.resize(M);
   }
   // rows m0 .. m1 - 1 of x [M, K] (reserve first)
@@ -125,9 +136,11 @@ struct RoundedRows {
       int8_t* bm = two ? b.data() + m * K : nullptr;
       int16_t* cm = two ? c.data() + m * K : nullptr;
       float* d = meta.data() + m * nb8 * 2;
+      int32_t* cs = csums.data() + m * nb8;
       std::fill(d, d + nb8 * 2, 0.f);
-      round_row(x + m * K, K, two, grouped, am, bm, cm, d, d + nb8);
-      rows[m] = QRow{am, bm, cm, d, d + nb8};
+      std::fill(cs, cs + nb8, 0);
+      round_row(x + m * K, K, two, grouped, am, bm, cm, d, d + nb8, cs);
+      rows[m] = QRow{am, bm, cm, d, d + nb8, cs};
     }
   }
 
@@ -139,11 +152,13 @@ struct RoundedRows {
 // codes(block) gives the 32 codes of a plain block as bytes in column order, in the form the u8 x s8
 // products take (unsigned first operand): int4 codes 0..15 as they are; int8 codes as |q|, their signs
 // moved onto the activation (sign_epi8). codes16(block, lo, hi) gives them as int16, columns 0-15 and
-// 16-31. int4 weights also have interleaved groups of 8 blocks (int4_groups below).
+// 16-31. The grouped layouts (GROUPS) also give a group's vectors 2t and 2t + 1 (vectors(group, t, ..):
+// lane j holds 4 columns of block j) and their products with the activation's (dot2); with BIASED the
+// products are of the codes + 128, and the tile takes 128 times the activation's code sums off.
 
 template <typename S>
 struct Int4Rows : Int4Layout<S> {
-  static constexpr bool GROUPS = true;
+  static constexpr bool GROUPS = true, BIASED = false;
   static __m256i codes(const uint8_t* block) {
     const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block));
     const __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
@@ -155,18 +170,48 @@ struct Int4Rows : Int4Layout<S> {
     lo = _mm256_and_si256(wide, _mm256_set1_epi16(0x0F));
     hi = _mm256_srli_epi16(wide, 4);
   }
+  // piece t (32 bytes) of a group: its low nibbles are vector 2t, its high ones vector 2t + 1
+  static void vectors(const uint8_t* group, int t, __m256i& v0, __m256i& v1) {
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 32 * t));
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    v0 = _mm256_and_si256(raw, low);
+    v1 = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+  }
+  static __m256i dot2(__m256i acc, __m256i v0, __m256i s0, __m256i v1, __m256i s1) {
+    return dot2_u4s8(acc, v0, s0, v1, s1);
+  }
 };
 
-template <typename S>
-struct Int8Rows : Int8Layout<S> {
-  static constexpr bool GROUPS = false;
-  int64_t grouped() const { return 0; }
-  static __m256i load(const int8_t* block) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block)); }
-  static __m256i codes(const int8_t* block) { return _mm256_abs_epi8(load(block)); }
-  static __m256i signed_act(__m256i act, const int8_t* block) { return _mm256_sign_epi8(act, load(block)); }
-  static void codes16(const int8_t* block, __m256i& lo, __m256i& hi) {
-    lo = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block)));
-    hi = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 16)));
+// C = int8_t: plain int8; uint8_t: grouped (codes + 128; the plain blocks after the groups are read back
+// as int8).
+template <typename S, typename C = int8_t>
+struct Int8Rows : Int8Layout<S, C> {
+  static constexpr bool GROUPS = std::is_same_v<C, uint8_t>;
+  static constexpr bool BIASED = GROUPS && HAS_VNNI;  // without VNNI the products need signed codes
+  static __m256i load(const C* block) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block));
+    return GROUPS ? _mm256_xor_si256(v, _mm256_set1_epi8(-128)) : v;  // int8 codes
+  }
+  static __m256i codes(const C* block) { return _mm256_abs_epi8(load(block)); }
+  static __m256i signed_act(__m256i act, const C* block) { return _mm256_sign_epi8(act, load(block)); }
+  static void codes16(const C* block, __m256i& lo, __m256i& hi) {
+    const __m256i q = load(block);
+    lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
+    hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1));
+  }
+  static void vectors(const C* group, int t, __m256i& v0, __m256i& v1) {
+    v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 64 * t));
+    v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 64 * t + 32));
+  }
+  static __m256i dot2(__m256i acc, __m256i v0, __m256i s0, __m256i v1, __m256i s1) {
+    if constexpr (BIASED) {
+      return dot_u8s8(dot_u8s8(acc, v0, s0), v1, s1);
+    } else {
+      const __m256i flip = _mm256_set1_epi8(-128);
+      const __m256i q0 = _mm256_xor_si256(v0, flip), q1 = _mm256_xor_si256(v1, flip);
+      acc = dot_u8s8(acc, _mm256_abs_epi8(q0), _mm256_sign_epi8(s0, q0));
+      return dot_u8s8(acc, _mm256_abs_epi8(q1), _mm256_sign_epi8(s1, q1));
+    }
   }
 };
 
@@ -210,14 +255,14 @@ constexpr int tile_rows() {
   return Rows::BLOCK_BYTES == QK ? 1 : (MR == 1 ? 4 : 2);
 }
 
-// The interleaved groups of an int4 tile: per group of 8 blocks, each row's integer sums come out one
-// block per lane (dot products of 4 codes at a time), then one conversion and one multiply with the 8
-// blocks' scale * d, and the mins with the 8 block sums.
+// The interleaved groups of a tile (int4, grouped int8): per group of 8 blocks, each row's integer sums
+// come out one block per lane (dot products of 4 codes at a time), then one conversion and one
+// multiply with the 8 blocks' scale * d, and the mins with the 8 block sums.
 template <int R, int MR, bool TWO, typename Rows>
-__attribute__((always_inline)) inline void int4_groups(const Rows& w, int64_t n0, const QRow* xr, int64_t N,
+__attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0, const QRow* xr, int64_t N,
                                                        __m256 (&acc)[R][MR]) {
+  constexpr int64_t PIECE = Rows::GROUP_BYTES / 4;  // the bytes of vectors 2t and 2t + 1
   const int64_t bpg = w.K / QK / w.G, groups = w.grouped() / Rows::GROUP;
-  const __m256i low = _mm256_set1_epi8(0x0F);
   alignas(32) float ws[8], wm[8];
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t b0 = g * Rows::GROUP;
@@ -226,19 +271,19 @@ __attribute__((always_inline)) inline void int4_groups(const Rows& w, int64_t n0
       UNROLL for (int m = 0; m < MR; ++m) sa[r][m] = sb[r][m] = _mm256_setzero_si256();
     UNROLL for (int t = 0; t < 4; ++t) {
       UNROLL for (int r = 0; r < R; ++r) {
-        const uint8_t* piece = w.row(n0 + r) + g * Rows::GROUP_BYTES + 32 * t;
-        // the same piece of the next tile's rows: far enough ahead to hide the latency of L3 or DRAM
-        if (t % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + R + r) + g * Rows::GROUP_BYTES + 32 * t), _MM_HINT_T0);
-        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(piece));
-        const __m256i lo = _mm256_and_si256(raw, low), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+        // the same bytes of the next tile's rows: far enough ahead to hide the latency of L3 or DRAM
+        if ((PIECE * t) % 64 == 0)
+          _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + R + r) + g * Rows::GROUP_BYTES + PIECE * t), _MM_HINT_T0);
+        __m256i v0, v1;
+        Rows::vectors(w.row(n0 + r) + g * Rows::GROUP_BYTES, t, v0, v1);
         UNROLL for (int m = 0; m < MR; ++m) {  // activation vectors 2t and 2t + 1 of the group
           const int8_t* a = xr[m].a + b0 * QK + 64 * t;
-          sa[r][m] = dot2_u4s8(sa[r][m], lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)), hi,
-                               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + 32)));
+          sa[r][m] = Rows::dot2(sa[r][m], v0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)), v1,
+                                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + 32)));
           if constexpr (TWO) {
             const int8_t* b = xr[m].b + b0 * QK + 64 * t;
-            sb[r][m] = dot2_u4s8(sb[r][m], lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), hi,
-                                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 32)));
+            sb[r][m] = Rows::dot2(sb[r][m], v0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), v1,
+                                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 32)));
           }
         }
       }
@@ -249,16 +294,19 @@ __attribute__((always_inline)) inline void int4_groups(const Rows& w, int64_t n0
       UNROLL for (int m = 0; m < MR; ++m) {
         __m256i sum = sa[r][m];
         if constexpr (TWO) sum = _mm256_add_epi32(_mm256_mullo_epi32(sum, _mm256_set1_epi32(254)), sb[r][m]);
+        if constexpr (Rows::BIASED)  // (q + 128) . c = q . c + 128 sum(c)
+          sum = _mm256_sub_epi32(sum, _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[m].csum + b0)), 7));
         const __m256 sd = _mm256_mul_ps(scale, _mm256_loadu_ps(xr[m].d + b0));
         acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), sd, acc[r][m]);
-        acc[r][m] = _mm256_fmadd_ps(_mm256_load_ps(wm), _mm256_loadu_ps(xr[m].sums + b0), acc[r][m]);
+        if constexpr (Rows::HAS_MIN)
+          acc[r][m] = _mm256_fmadd_ps(_mm256_load_ps(wm), _mm256_loadu_ps(xr[m].sums + b0), acc[r][m]);
       }
     }
   }
 }
 
-// y[m * N + n0 + r] for R weight rows and MR activation rows. int4 weights: their interleaved groups
-// (int4_groups), then the plain blocks left over. Per plain block the integer sum is turned to fp32
+// y[m * N + n0 + r] for R weight rows and MR activation rows. Grouped weights: their interleaved groups
+// (tile_groups), then the plain blocks left over. Per plain block the integer sum is turned to fp32
 // and multiplied with scale * d (made 8 blocks at a time into `sd`); the mins times the block sums of x
 // go into the same accumulators. One plane: u8 x s8 products; two: the codes widened to int16 once
 // per weight row and multiplied with every row's c.
@@ -268,7 +316,7 @@ inline void dot_tile(const Rows& w, int64_t n0, const QRow* xr, float* y, int64_
   __m256 acc[R][MR];
   UNROLL for (int r = 0; r < R; ++r)
     UNROLL for (int m = 0; m < MR; ++m) acc[r][m] = _mm256_setzero_ps();
-  if constexpr (Rows::GROUPS) int4_groups<R, MR, TWO>(w, n0, xr, N, acc);
+  if constexpr (Rows::GROUPS) tile_groups<R, MR, TWO>(w, n0, xr, N, acc);
   alignas(32) float sd[R][MR][8];
   alignas(32) float ws[8], wm[8];
   for (int64_t b0 = first; b0 < nb; b0 += 8) {

@@ -9,9 +9,10 @@
 //   sum_j w_j x_j = scale * d * (sum q_j a_j [+ sum q_j b_j / 254]) + min * sum_j x_j,
 // the last term with the exact fp32 sum of the block's x, products of unsigned and signed bytes
 // (VNNI's dpbusd where the CPU has it, maddubs + madd otherwise; see qact.h). int4 weights hold most of
-// a row in interleaved groups of 8 blocks, whose integer sums come out one block per vector lane, so
-// that 8 blocks share one conversion to fp32 and one multiply (two planes: a and b products, joined as
-// 254 sa + sb); the blocks left over, and int8 weights, take one block per vector (two planes: one
+// a row in interleaved groups of 8 blocks (as do grouped int8 weights, GGUF Q8_0), whose integer sums
+// come out one block per vector lane, so that 8 blocks share one conversion to fp32 and one multiply
+// (two planes: a and b products, joined as 254 sa + sb); the blocks left over, and plain int8 weights,
+// take one block per vector (two planes: one
 // int16 product with c = 254 a + b). That takes fewer instructions per weight than widening every
 // weight to fp32 (quant_linear.cpp); benchmarks/kernels.py measures both.
 // reference.py (int4_linear / int8_linear with act_bits) defines the same rounding in PyTorch.
@@ -92,9 +93,12 @@ at::Tensor int4_linear_qact(const at::Tensor& x, const at::Tensor& qs, const at:
 
 at::Tensor int8_linear_qact(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, int64_t bits) {
   const int64_t N = q.size(0), K = q.size(1), G = scales.size(1);
-  if (scales.scalar_type() == at::kHalf) {
-    return run(x, Int8Rows<at::Half>{{q.data_ptr<int8_t>(), scales.data_ptr<at::Half>(), K, G}}, N, K, bits);
+  const bool half = scales.scalar_type() == at::kHalf;
+  if (q.scalar_type() == at::kByte) {  // grouped
+    if (half) return run(x, Int8Rows<at::Half, uint8_t>{{q.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(), K, G}}, N, K, bits);
+    return run(x, Int8Rows<float, uint8_t>{{q.data_ptr<uint8_t>(), scales.data_ptr<float>(), K, G}}, N, K, bits);
   }
+  if (half) return run(x, Int8Rows<at::Half>{{q.data_ptr<int8_t>(), scales.data_ptr<at::Half>(), K, G}}, N, K, bits);
   return run(x, Int8Rows<float>{{q.data_ptr<int8_t>(), scales.data_ptr<float>(), K, G}}, N, K, bits);
 }
 

@@ -7,7 +7,8 @@
 //   int4: qs uint8 [N, K/2], rows of interleaved groups of 8 blocks and then plain blocks (see the layout
 //         in lmforge/kernels/__init__.py); scales, mins fp16 or fp32 [N, G]: w = q * scale + min, groups
 //         of K/G columns (a multiple of 32).
-//   int8: q int8 [N, K]; scales fp16 or fp32 [N, G]: w = q * scale.
+//   int8: q int8 [N, K] (plain) or uint8 [N, K] (grouped: codes + 128, interleaved like int4's groups);
+//         scales fp16 or fp32 [N, G]: w = q * scale.
 //
 // Few activation rows (decode): every weight row is read once and multiplied with up to MAX_ROWS rows of
 // x. Many rows (prefill): the weight is dequantized in panels of rows and multiplied by ATen's GEMM.
@@ -57,11 +58,22 @@ struct Int4Rows : Int4Layout<S> {
   }
 };
 
-template <typename S>
-struct Int8Rows : Int8Layout<S> {
+template <typename S, typename C = int8_t>
+struct Int8Rows : Int8Layout<S, C> {
   __m256 codes(int64_t r, int64_t b, int c) const {
-    const int8_t* block = this->row(r) + b * this->BLOCK_BYTES;
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(block + 8 * c))));
+    const C* row = this->row(r);
+    __m128i v;
+    if (b < this->grouped()) {  // columns 8c .. 8c + 7 of block j: lane j of the group's vectors 2c, 2c + 1
+      const C* lane = row + b / this->GROUP * this->GROUP_BYTES + 2 * c * 32 + b % this->GROUP * 4;
+      int32_t lo, hi;
+      std::memcpy(&lo, lane, 4);
+      std::memcpy(&hi, lane + 32, 4);
+      v = _mm_unpacklo_epi32(_mm_cvtsi32_si128(lo), _mm_cvtsi32_si128(hi));
+    } else {
+      v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + b * this->BLOCK_BYTES + 8 * c));
+    }
+    if constexpr (std::is_same_v<C, uint8_t>) v = _mm_xor_si128(v, _mm_set1_epi8(-128));  // back to int8
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
   }
 };
 
@@ -203,8 +215,8 @@ void check_int4(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& sca
 }
 
 void check_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales) {
-  TORCH_CHECK(q.dim() == 2 && q.scalar_type() == at::kChar && q.is_contiguous(),
-              "int8_linear: q must be a contiguous int8 [N, K] tensor");
+  TORCH_CHECK(q.dim() == 2 && (q.scalar_type() == at::kChar || q.scalar_type() == at::kByte) && q.is_contiguous(),
+              "int8_linear: q must be a contiguous int8 (plain) or uint8 (grouped) [N, K] tensor");
   check_common(x, scales, q.size(0), q.size(1), "int8_linear");
 }
 
@@ -225,9 +237,12 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   const int64_t N = q.size(0), K = q.size(1);
   const at::Tensor s = scales.contiguous();
   const int64_t G = s.size(1);
-  if (s.scalar_type() == at::kHalf) {
-    return run(x, Int8Rows<at::Half>{{q.data_ptr<int8_t>(), s.data_ptr<at::Half>(), K, G}}, N, K);
+  const bool half = s.scalar_type() == at::kHalf;
+  if (q.scalar_type() == at::kByte) {
+    if (half) return run(x, Int8Rows<at::Half, uint8_t>{{q.data_ptr<uint8_t>(), s.data_ptr<at::Half>(), K, G}}, N, K);
+    return run(x, Int8Rows<float, uint8_t>{{q.data_ptr<uint8_t>(), s.data_ptr<float>(), K, G}}, N, K);
   }
+  if (half) return run(x, Int8Rows<at::Half>{{q.data_ptr<int8_t>(), s.data_ptr<at::Half>(), K, G}}, N, K);
   return run(x, Int8Rows<float>{{q.data_ptr<int8_t>(), s.data_ptr<float>(), K, G}}, N, K);
 }
 

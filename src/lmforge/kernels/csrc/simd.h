@@ -51,6 +51,12 @@ inline __m256 exp8(__m256 x) {
 // Dot products of 4 unsigned bytes u with 4 signed bytes s per 32-bit lane, added to acc: one VNNI
 // instruction where the CPU has it, maddubs + madd otherwise (whose int16 pair sums must not
 // saturate: |u s + u' s'| <= 32767, true for int4 codes and for |int8| <= 127 against int8).
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__) || defined(__AVXVNNI__)
+constexpr bool HAS_VNNI = true;
+#else
+constexpr bool HAS_VNNI = false;
+#endif
+
 inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
   return _mm256_dpbusd_epi32(acc, u, s);
@@ -103,14 +109,18 @@ struct Int4Layout {
   float min(int64_t r, int64_t g) const { return mins ? to_float(mins[r * G + g]) : -8.f * scale(r, g); }
 };
 
-template <typename S>
+// int8: C = int8_t for the plain layout (column order), uint8_t for the grouped one (codes + 128, blocks
+// 0 .. grouped() - 1 in interleaved groups of GROUP, the rest in column order).
+template <typename S, typename C = int8_t>
 struct Int8Layout {
   static constexpr bool HAS_MIN = false;
   static constexpr int64_t BLOCK_BYTES = QK;
-  const int8_t* q;
+  static constexpr int64_t GROUP = 8, GROUP_BYTES = GROUP * BLOCK_BYTES;
+  const C* q;
   const S* scales;
   int64_t K, G;
-  const int8_t* row(int64_t r) const { return q + r * K; }
+  const C* row(int64_t r) const { return q + r * K; }
+  int64_t grouped() const { return std::is_same_v<C, uint8_t> ? K / QK / GROUP * GROUP : 0; }
   float scale(int64_t r, int64_t g) const { return to_float(scales[r * G + g]); }
   float min(int64_t, int64_t) const { return 0.f; }
 };
