@@ -209,6 +209,28 @@ def test_native_blocks_match_their_definition(qtype, kind, tmp_path):
     assert native.score(torch.tensor([prompt + out]))[0, 5:-1].argmax(-1).tolist() == out
 
 
+def test_q8_0_plain_and_grouped_layouts_load_the_same_weights(monkeypatch, tmp_path):
+    """Q8_0 is repacked grouped (uint8) where the kernels have VNNI and plain (int8) elsewhere; either
+    way the model loads the file's weights (the loader keeps the codes' dtype) and decodes alike."""
+    from lmforge import kernels
+    from lmforge.kernels import build
+
+    if kernels.backend() != "native":
+        pytest.skip("the layout choice is the native kernels'")
+    path = write_gguf(tiny("llama_tied"), tmp_path / "q8.gguf", arch="llama", qtype=Q.Q8_0)
+    floats = LLM(str(path), dequantize=True)
+    x = ids(16, floats.config.vocab_size, 1)
+    ref, outs = floats.score(x), []
+    for grouped, dtype in ((True, torch.uint8), (False, torch.int8)):
+        monkeypatch.setattr(build, "builds_vnni", lambda: grouped)
+        llm = LLM(str(path), act_bits=32)
+        assert llm.model.embed.table.q.dtype == llm.model.layers[0].mlp.w_in.q.dtype == dtype
+        assert (llm.score(x) - ref).abs().max() <= ATOL
+        outs.append(llm.generate_ids([x[0, :6].tolist()], GenerationConfig(max_new_tokens=8, min_new_tokens=8,
+                                                                            ignore_eos=True))[0])
+    assert outs[0] == outs[1]
+
+
 @pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_K, Q.Q6_K], ids=lambda q: q.name)
 def test_dequantization_matches_transformers_kernels(qtype, tmp_path):
     """Our dequantization (gguf-py, numpy) against transformers' own torch implementation."""

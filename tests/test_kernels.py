@@ -299,7 +299,12 @@ def test_repack_gguf_blocks_match_gguf_dequantize(kind):
     raw = torch.from_numpy(quants.quantize(w, qtype))  # uint8 [7, 10 * block bytes], as GGUFReader gives
     expected = torch.from_numpy(quants.dequantize(raw.numpy(), qtype)).reshape(7, 320)
     if kind == "Q8_0":
-        q, s = kernels.repack_gguf_q8_0(raw)
+        for grouped, dtype in ((True, torch.uint8), (False, torch.int8)):
+            q, s = kernels.repack_gguf_q8_0(raw, grouped=grouped)
+            assert q.dtype == dtype
+            torch.testing.assert_close(reference.dequantize_int8_blocks(q, s), expected, rtol=0, atol=1e-6)
+        q, s = kernels.repack_gguf_q8_0(raw)  # the default: grouped where the native kernels have VNNI
+        assert q.dtype == (torch.uint8 if kernels.backend() == "native" and build.builds_vnni() else torch.int8)
         got = reference.dequantize_int8_blocks(q, s)
     else:
         qs, s, m = (kernels.repack_gguf_q4_0 if kind == "Q4_0" else kernels.repack_gguf_q4_1)(raw)

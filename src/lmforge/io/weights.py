@@ -74,8 +74,11 @@ def build_model(cfg: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]], m
         if tuple(tensor.shape) != tuple(want.shape):
             raise LmforgeError(f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, "
                                f"the config implies {tuple(want.shape)}")
-        keep = not tensor.is_floating_point() or want.dtype != torch.float32  # int and fp8 quantized data
-        state[name] = tensor.to(device=device, dtype=want.dtype if keep else dtype)
+        if not tensor.is_floating_point():  # integer codes: their dtype is their layout (int8 / uint8 q8)
+            target = tensor.dtype
+        else:  # fp8 and other quantized floats keep the module's dtype; fp32 weights take --dtype
+            target = want.dtype if want.dtype != torch.float32 else dtype
+        state[name] = tensor.to(device=device, dtype=target)
     missing = sorted(set(expected) - set(state))
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")

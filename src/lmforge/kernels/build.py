@@ -42,6 +42,13 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def builds_vnni() -> bool:
+    """Whether the native build has VNNI integer dot products (the CPU has them and the build is for it)."""
+    flags = cpu_flags()
+    native = (os.environ.get(ARCH_ENV) or "native") == "native"
+    return native and ({"avx512_vnni", "avx512vl"} <= flags or "avx_vnni" in flags)
+
+
 def cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "lmforge" / "kernels"

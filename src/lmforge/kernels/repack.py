@@ -53,11 +53,19 @@ def repack_gguf_q4_1(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     return _nibbles(blocks, 4), _fp16(blocks, 0).contiguous(), _fp16(blocks, 2).contiguous()
 
 
-def repack_gguf_q8_0(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """GGUF Q8_0 bytes -> (q uint8 [N, K] in the grouped int8 order, scales fp16 [N, K/32])."""
+def repack_gguf_q8_0(raw: torch.Tensor, grouped: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """GGUF Q8_0 bytes -> (q, scales fp16 [N, K/32]): q uint8 [N, K] in the grouped int8 order, or int8
+    [N, K] plain. By default grouped where the native kernels have VNNI, whose products take the
+    grouped codes as they are; plain elsewhere, where the grouped ones cost more at batch > 1
+    (benchmarks/RESULTS.md)."""
     blocks = _blocks(raw, Q8_0_BYTES, "Q8_0")
     q = blocks[..., 2:].contiguous().view(torch.int8).reshape(blocks.shape[0], -1)
-    return pack_int8_groups(q).contiguous(), _fp16(blocks, 0).contiguous()
+    if grouped is None:
+        from . import backend
+        from .build import builds_vnni
+
+        grouped = backend() == "native" and builds_vnni()
+    return (pack_int8_groups(q) if grouped else q).contiguous(), _fp16(blocks, 0).contiguous()
 
 
 def repack_int4(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor

@@ -268,8 +268,9 @@ class BlockInt4Linear(QuantLinear):
 
 class BlockInt8Linear(QuantLinear):
     """int8 with one scale per group of input columns (GGUF Q8_0 at load: groups of 32), the native
-    kernels' grouped layout: ``q`` uint8 [N, K] (codes + 128, interleaved per 8 blocks, see
-    lmforge.kernels), ``scales`` [N, G] float16 or float32, w = q * scale."""
+    kernels' layout: ``q`` uint8 [N, K] grouped (codes + 128, interleaved per 8 blocks, see
+    lmforge.kernels; where the kernels have VNNI) or int8 [N, K] plain, ``scales`` [N, G] float16 or
+    float32, w = q * scale."""
     format = "q8"
     weight_names = ("q", "scales")
 
