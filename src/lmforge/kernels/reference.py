@@ -50,11 +50,15 @@ def pack_int4_blocks(q: torch.Tensor) -> torch.Tensor:
     return torch.cat((head.reshape(N, split // 2), tail.reshape(N, (K - split) // 2)), dim=1)
 
 
-def gguf_int4_blocks(nibbles: torch.Tensor) -> torch.Tensor:
-    """GGUF Q4 nibble bytes uint8 [N, K/2] (every block in GGUF's order) -> the kernels' int4 order."""
-    N = nibbles.shape[0]
-    blocks = nibbles.reshape(N, -1, QK // 2)
-    return pack_int4_blocks(torch.cat((blocks & 0xF, blocks >> 4), dim=-1).reshape(N, -1))
+def gguf_int4_blocks(nibbles: torch.Tensor, rows: int = 2048) -> torch.Tensor:
+    """GGUF Q4 nibble bytes uint8 [N, K/2] (every block in GGUF's order) -> the kernels' int4 order,
+    `rows` rows at a time (the codes unpacked on the way stay small)."""
+    out = torch.empty_like(nibbles)
+    for r0 in range(0, nibbles.shape[0], rows):
+        part = nibbles[r0:r0 + rows]
+        blocks = part.reshape(part.shape[0], -1, QK // 2)
+        out[r0:r0 + rows] = pack_int4_blocks(torch.cat((blocks & 0xF, blocks >> 4), dim=-1).reshape(part.shape[0], -1))
+    return out
 
 
 def pack_int8_groups(q: torch.Tensor) -> torch.Tensor:
@@ -63,7 +67,7 @@ def pack_int8_groups(q: torch.Tensor) -> torch.Tensor:
     j (i < 8, e < 4), then the blocks left over in column order."""
     N, K = q.shape
     split = _split_blocks(K)
-    u = (q.to(torch.int16) + 128).to(torch.uint8)
+    u = q.contiguous().view(torch.uint8) ^ 0x80  # q + 128
     head = u[:, :split].reshape(N, -1, SUPER, SUPER, 4).transpose(2, 3)  # (group, j, i, e) -> (group, i, j, e)
     return torch.cat((head.reshape(N, split), u[:, split:]), dim=1)
 
@@ -73,7 +77,7 @@ def unpack_int8_groups(u: torch.Tensor) -> torch.Tensor:
     N, K = u.shape
     split = _split_blocks(K)
     head = u[:, :split].reshape(N, -1, SUPER, SUPER, 4).transpose(2, 3).reshape(N, split)
-    return (torch.cat((head, u[:, split:]), dim=1).to(torch.int16) - 128).to(torch.int8)
+    return (torch.cat((head, u[:, split:]), dim=1) ^ 0x80).view(torch.int8)  # u - 128
 
 
 def int8_codes(q: torch.Tensor) -> torch.Tensor:

@@ -65,7 +65,9 @@ def repack_gguf_q8_0(raw: torch.Tensor, grouped: bool | None = None) -> tuple[to
         from .build import builds_vnni
 
         grouped = backend() == "native" and builds_vnni()
-    return (pack_int8_groups(q) if grouped else q).contiguous(), _fp16(blocks, 0).contiguous()
+    if grouped:
+        q = pack_int8_groups(q)
+    return q.contiguous(), _fp16(blocks, 0).contiguous()
 
 
 def repack_int4(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
