@@ -180,13 +180,24 @@ struct Int4Rows : Int4Layout<S> {
   static __m256i dot2(__m256i acc, __m256i v0, __m256i s0, __m256i v1, __m256i s1) {
     return dot2_u4s8(acc, v0, s0, v1, s1);
   }
+  // Without VNNI both planes go into one accumulator as 254 (q . a) + (q . b): the int16 pair sums are
+  // widened by madd with 254 and with 1 (exact: |sum| <= 4 * 2 * 7620 * 254 + ... < 2^31), which spares
+  // a register per accumulator and the multiply by 254 after the group.
+  static constexpr bool FUSED_PLANES = !HAS_VNNI;
+  static __m256i dot2_planes(__m256i acc, __m256i v0, __m256i a0, __m256i b0, __m256i v1, __m256i a1, __m256i b1) {
+    const __m256i pa = _mm256_add_epi16(_mm256_maddubs_epi16(v0, a0), _mm256_maddubs_epi16(v1, a1));
+    const __m256i pb = _mm256_add_epi16(_mm256_maddubs_epi16(v0, b0), _mm256_maddubs_epi16(v1, b1));
+    return _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(pa, _mm256_set1_epi16(254)),
+                                                  _mm256_madd_epi16(pb, _mm256_set1_epi16(1))));
+  }
 };
 
 // C = int8_t: plain int8; uint8_t: grouped (codes + 128; the plain blocks after the groups are read back
 // as int8).
 template <typename S, typename C = int8_t>
 struct Int8Rows : Int8Layout<S, C> {
-  static constexpr bool GROUPS = std::is_same_v<C, uint8_t>;
+  static constexpr bool GROUPS = std::is_same_v<C, uint8_t>, FUSED_PLANES = false;
+  static __m256i dot2_planes(__m256i acc, __m256i, __m256i, __m256i, __m256i, __m256i, __m256i) { return acc; }
   static constexpr bool BIASED = GROUPS && HAS_VNNI;  // without VNNI the products need signed codes
   static __m256i load(const C* block) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block));
@@ -262,6 +273,7 @@ template <int R, int MR, bool TWO, typename Rows>
 __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0, const QRow* xr, int64_t N,
                                                        __m256 (&acc)[R][MR]) {
   constexpr int64_t PIECE = Rows::GROUP_BYTES / 4;  // the bytes of vectors 2t and 2t + 1
+  constexpr bool FUSED = TWO && Rows::FUSED_PLANES;  // both planes in sa
   const int64_t bpg = w.K / QK / w.G, groups = w.grouped() / Rows::GROUP;
   alignas(32) float ws[8], wm[8];
   for (int64_t g = 0; g < groups; ++g) {
@@ -278,6 +290,12 @@ __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0
         Rows::vectors(w.row(n0 + r) + g * Rows::GROUP_BYTES, t, v0, v1);
         UNROLL for (int m = 0; m < MR; ++m) {  // activation vectors 2t and 2t + 1 of the group
           const int8_t* a = xr[m].a + b0 * QK + 64 * t;
+          if constexpr (FUSED) {
+            const int8_t* b = xr[m].b + b0 * QK + 64 * t;
+            auto at = [](const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); };
+            sa[r][m] = Rows::dot2_planes(sa[r][m], v0, at(a), at(b), v1, at(a + 32), at(b + 32));
+            continue;
+          }
           sa[r][m] = Rows::dot2(sa[r][m], v0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)), v1,
                                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + 32)));
           if constexpr (TWO) {
@@ -293,7 +311,7 @@ __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0
       const __m256 scale = _mm256_load_ps(ws);
       UNROLL for (int m = 0; m < MR; ++m) {
         __m256i sum = sa[r][m];
-        if constexpr (TWO) sum = _mm256_add_epi32(_mm256_mullo_epi32(sum, _mm256_set1_epi32(254)), sb[r][m]);
+        if constexpr (TWO && !FUSED) sum = _mm256_add_epi32(_mm256_mullo_epi32(sum, _mm256_set1_epi32(254)), sb[r][m]);
         if constexpr (Rows::BIASED)  // (q + 128) . c = q . c + 128 sum(c)
           sum = _mm256_sub_epi32(sum, _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[m].csum + b0)), 7));
         const __m256 sd = _mm256_mul_ps(scale, _mm256_loadu_ps(xr[m].d + b0));
