@@ -290,18 +290,13 @@ __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0
         Rows::vectors(w.row(n0 + r) + g * Rows::GROUP_BYTES, t, v0, v1);
         UNROLL for (int m = 0; m < MR; ++m) {  // activation vectors 2t and 2t + 1 of the group
           const int8_t* a = xr[m].a + b0 * QK + 64 * t;
+          const int8_t* b = TWO ? xr[m].b + b0 * QK + 64 * t : nullptr;
+          auto at = [](const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); };
           if constexpr (FUSED) {
-            const int8_t* b = xr[m].b + b0 * QK + 64 * t;
-            auto at = [](const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); };
             sa[r][m] = Rows::dot2_planes(sa[r][m], v0, at(a), at(b), v1, at(a + 32), at(b + 32));
-            continue;
-          }
-          sa[r][m] = Rows::dot2(sa[r][m], v0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)), v1,
-                                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + 32)));
-          if constexpr (TWO) {
-            const int8_t* b = xr[m].b + b0 * QK + 64 * t;
-            sb[r][m] = Rows::dot2(sb[r][m], v0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), v1,
-                                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 32)));
+          } else {
+            sa[r][m] = Rows::dot2(sa[r][m], v0, at(a), v1, at(a + 32));
+            if constexpr (TWO) sb[r][m] = Rows::dot2(sb[r][m], v0, at(b), v1, at(b + 32));
           }
         }
       }
