@@ -203,6 +203,7 @@ def test_bench_end_to_end(capsys, tmp_path, monkeypatch, stories):
         assert set(r) == RESULT_KEYS and r["schema"] == "lmforge-bench/1" and r["backend"] == "lmforge"
         assert ENV_KEYS <= set(r["env"])
         assert r["env"]["decode_step"] == "one native call per step"  # stories260K is a Llama
+        assert r["env"]["kernels"].startswith("native (-march=")
         case = r["case"]
         assert case["context_tokens"] == case["depth"] + case["input_tokens"]
         assert len(r["samples"]["ttft_s"]) == 1 and len(r["samples"]["e2e_s"]) == 1

@@ -131,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     if prompts is not None:
         return run_dataset(llm, prompts, args, settings)
     runner.check_context(cases, llm.config.max_seq_len)
-    env = environment(llm.device, llm.dtype, quantization_label(llm, args), decode_step_label(llm))
+    env = environment(llm.device, llm.dtype, quantization_label(llm, args), decode_step_label(llm),
+                      kernels_label(llm))
     speculator = llm.speculator(draft, args.speculate_k) if draft else None
     results = runner.run_bench(llm, cases, settings, env, roof, tuple(dict.fromkeys(args.compare)), _progress,
                                speculator=speculator, draft=draft)
@@ -163,6 +164,15 @@ def decode_step_label(llm) -> str:
     if llm.engine.native_plan() is not None:
         return "one native call per step"
     return f"op by op ({llm.engine.native_plan_reason})"
+
+
+def kernels_label(llm) -> str | None:
+    """Which CPU kernels ran lmforge's ops (None off the CPU)."""
+    if llm.device.type != "cpu":
+        return None
+    from .. import kernels
+
+    return kernels.describe()
 
 
 def quantization_label(llm, args) -> str | None:

@@ -57,7 +57,8 @@ def git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-def environment(device: torch.device, dtype: torch.dtype, quantization, decode_step: str | None = None) -> dict:
+def environment(device: torch.device, dtype: torch.dtype, quantization, decode_step: str | None = None,
+                kernels: str | None = None) -> dict:
     """What a reader needs to reproduce (or distrust) a number."""
     from .. import __version__
 
@@ -77,5 +78,6 @@ def environment(device: torch.device, dtype: torch.dtype, quantization, decode_s
         "dtype": str(dtype).removeprefix("torch."),
         "quantization": quantization,
         "decode_step": decode_step,
+        "kernels": kernels,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -65,7 +65,8 @@ def header_lines(results: list[dict]) -> list[str]:
         f"model: {model['source']} ({model['architecture']}, {model['parameters']:,} parameters, "
         f"{model['bytes'] / MiB:,.1f} MiB of weights as loaded, {env['dtype']} activations; "
         f"quantization: {env['quantization'] or 'none'})",
-        f"decode step: {env.get('decode_step') or 'not recorded'}",
+        f"decode step: {env.get('decode_step') or 'not recorded'}"
+        + (f"; kernels: {env['kernels']}" if env.get("kernels") else ""),
         f"lmforge {env['lmforge_version']}{commit} · torch {env['torch_version']} · device {env['device']}"
         + (f" ({env['gpu']})" if env["gpu"] else "") + f" · {env['threads']} threads · {env['date']}",
         f"CPU: {env['cpu']} ({env['logical_cpus']} logical CPUs; {' '.join(env['cpu_isa']) or 'no AVX2'})",

@@ -46,7 +46,7 @@ from .build import load_native
 from .repack import (repack_gguf_q4_0, repack_gguf_q4_1, repack_gguf_q8_0, repack_int4,
                      repack_int8)
 
-__all__ = ["attention_decode", "backend", "dense_linear", "int4_linear", "int8_linear", "repack_gguf_q4_0",
+__all__ = ["attention_decode", "backend", "dense_linear", "describe", "int4_linear", "int8_linear", "repack_gguf_q4_0",
            "repack_gguf_q4_1", "repack_gguf_q8_0", "repack_int4", "repack_int8", "rms_norm", "silu_mul"]
 
 SCHEMAS = {
@@ -112,6 +112,16 @@ def backend() -> str:
     if _backend is None:
         _backend = _register()
     return _backend
+
+
+def describe() -> str:
+    """Which kernels run the ops, for reports: the native build (its -march and dot products) or the
+    PyTorch reference."""
+    if backend() == "native":
+        from .build import describe_build
+
+        return f"native ({describe_build()})"
+    return "PyTorch reference (no native build)"
 
 
 def int4_linear(x: torch.Tensor, qs: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor,

@@ -49,6 +49,12 @@ def builds_vnni() -> bool:
     return native and ({"avx512_vnni", "avx512vl"} <= flags or "avx_vnni" in flags)
 
 
+def describe_build() -> str:
+    """The native build in words: its -march and the integer dot products it uses."""
+    arch = os.environ.get(ARCH_ENV) or "native"
+    return f"-march={arch}, " + ("VNNI integer dot products" if builds_vnni() else "AVX2 integer products (no VNNI)")
+
+
 def cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "lmforge" / "kernels"
