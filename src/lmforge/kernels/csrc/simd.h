@@ -70,12 +70,9 @@ inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
 // Two such products added to acc, for int4 codes u (0..15) only: without VNNI the two int16 sums are
 // added before widening (|sum| <= 4 * 15 * 128 stays in int16).
 inline __m256i dot2_u4s8(__m256i acc, __m256i u0, __m256i s0, __m256i u1, __m256i s1) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__) || defined(__AVXVNNI__)
-  return dot_u8s8(dot_u8s8(acc, u0, s0), u1, s1);
-#else
+  if constexpr (HAS_VNNI) return dot_u8s8(dot_u8s8(acc, u0, s0), u1, s1);
   const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(u0, s0), _mm256_maddubs_epi16(u1, s1));
   return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
-#endif
 }
 
 // Products of int16 pairs per 32-bit lane added to acc (VNNI where the CPU has it).
