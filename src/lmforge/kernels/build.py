@@ -27,8 +27,13 @@ DISABLE_ENV = "LMFORGE_NO_NATIVE"
 ARCH_ENV = "LMFORGE_KERNEL_ARCH"
 
 
+def arch() -> str:
+    """The -march the kernels are built for."""
+    return os.environ.get(ARCH_ENV) or "native"
+
+
 def cflags() -> tuple[str, ...]:
-    return (f"-march={os.environ.get(ARCH_ENV) or 'native'}", *CFLAGS)
+    return (f"-march={arch()}", *CFLAGS)
 
 
 def cpu_flags() -> frozenset[str]:
@@ -45,14 +50,12 @@ def cpu_flags() -> frozenset[str]:
 def builds_vnni() -> bool:
     """Whether the native build has VNNI integer dot products (the CPU has them and the build is for it)."""
     flags = cpu_flags()
-    native = (os.environ.get(ARCH_ENV) or "native") == "native"
-    return native and ({"avx512_vnni", "avx512vl"} <= flags or "avx_vnni" in flags)
+    return arch() == "native" and ({"avx512_vnni", "avx512vl"} <= flags or "avx_vnni" in flags)
 
 
 def describe_build() -> str:
     """The native build in words: its -march and the integer dot products it uses."""
-    arch = os.environ.get(ARCH_ENV) or "native"
-    return f"-march={arch}, " + ("VNNI integer dot products" if builds_vnni() else "AVX2 integer products (no VNNI)")
+    return f"-march={arch()}, " + ("VNNI integer dot products" if builds_vnni() else "AVX2 integer products (no VNNI)")
 
 
 def cache_root() -> Path:

@@ -10,13 +10,11 @@ import torch
 import torch.nn.functional as F
 
 QK = 32  # columns per block
-
-
 SUPER = 8  # blocks per interleaved group of the int4 and grouped int8 layouts
 
 
 def _split_blocks(K: int) -> int:
-    """Columns of a K-column int4 row held in interleaved groups of 8 blocks (the rest is plain blocks)."""
+    """Columns of a K-column row held in interleaved groups of 8 blocks (the rest is plain blocks)."""
     return (K // QK) // SUPER * SUPER * QK
 
 

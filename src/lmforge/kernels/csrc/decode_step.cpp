@@ -94,9 +94,8 @@ struct Lin {
   bool integer() const { return kind >= Kind::INT4_F16; }
   // the blocks held in interleaved groups (the layouts' grouped())
   int64_t grouped() const {
-    constexpr int64_t G8 = Int4Layout<float>::GROUP;
     const bool plain = kind == Kind::INT8_F16 || kind == Kind::INT8_F32;
-    return plain ? 0 : K / QK / G8 * G8;
+    return plain ? 0 : grouped_blocks(K);
   }
 };
 

@@ -99,7 +99,7 @@ inline void round_row(const float* x, int64_t K, bool two, int64_t grouped, int8
     _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), ca);
     csum[blk] = lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
   }
-  for (int64_t blk = 0; blk < grouped; blk += 8) {
+  for (int64_t blk = 0; blk < grouped; blk += GROUP) {
     interleave_group(a + blk * QK);
     if (two) interleave_group(b + blk * QK);
   }
@@ -181,8 +181,8 @@ struct Int4Rows : Int4Layout<S> {
     return dot2_u4s8(acc, v0, s0, v1, s1);
   }
   // Without VNNI both planes go into one accumulator as 254 (q . a) + (q . b): the int16 pair sums are
-  // widened by madd with 254 and with 1 (exact: |sum| <= 4 * 2 * 7620 * 254 + ... < 2^31), which spares
-  // a register per accumulator and the multiply by 254 after the group.
+  // widened by madd with 254 and with 1 (exact: a group's |sum| <= 4 * 2 * 7620 * 255 < 2^24), which
+  // spares a register per accumulator and the multiply by 254 after the group.
   static constexpr bool FUSED_PLANES = !HAS_VNNI;
   static __m256i dot2_planes(__m256i acc, __m256i v0, __m256i a0, __m256i b0, __m256i v1, __m256i a1, __m256i b1) {
     const __m256i pa = _mm256_add_epi16(_mm256_maddubs_epi16(v0, a0), _mm256_maddubs_epi16(v1, a1));
@@ -197,7 +197,6 @@ struct Int4Rows : Int4Layout<S> {
 template <typename S, typename C = int8_t>
 struct Int8Rows : Int8Layout<S, C> {
   static constexpr bool GROUPS = std::is_same_v<C, uint8_t>, FUSED_PLANES = false;
-  static __m256i dot2_planes(__m256i acc, __m256i, __m256i, __m256i, __m256i, __m256i, __m256i) { return acc; }
   static constexpr bool BIASED = GROUPS && HAS_VNNI;  // without VNNI the products need signed codes
   static __m256i load(const C* block) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block));
@@ -274,10 +273,10 @@ __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0
                                                        __m256 (&acc)[R][MR]) {
   constexpr int64_t PIECE = Rows::GROUP_BYTES / 4;  // the bytes of vectors 2t and 2t + 1
   constexpr bool FUSED = TWO && Rows::FUSED_PLANES;  // both planes in sa
-  const int64_t bpg = w.K / QK / w.G, groups = w.grouped() / Rows::GROUP;
+  const int64_t bpg = w.K / QK / w.G, groups = w.grouped() / GROUP;
   alignas(32) float ws[8], wm[8];
   for (int64_t g = 0; g < groups; ++g) {
-    const int64_t b0 = g * Rows::GROUP;
+    const int64_t b0 = g * GROUP;
     __m256i sa[R][MR], sb[R][MR];
     UNROLL for (int r = 0; r < R; ++r)
       UNROLL for (int m = 0; m < MR; ++m) sa[r][m] = sb[r][m] = _mm256_setzero_si256();
@@ -302,7 +301,7 @@ __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0
       }
     }
     UNROLL for (int r = 0; r < R; ++r) {
-      block_params(w, N, n0 + r, b0, Rows::GROUP, bpg, ws, wm);
+      block_params(w, N, n0 + r, b0, GROUP, bpg, ws, wm);
       const __m256 scale = _mm256_load_ps(ws);
       UNROLL for (int m = 0; m < MR; ++m) {
         __m256i sum = sa[r][m];

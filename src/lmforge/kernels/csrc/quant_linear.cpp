@@ -47,7 +47,7 @@ struct Int4Rows : Int4Layout<S> {
     __m128i v;
     if (b < this->grouped()) {  // 4 bytes of the group: columns 8c .. 8c + 3 low, 8c + 4 .. 8c + 7 high
       int32_t word;
-      std::memcpy(&word, row + b / this->GROUP * this->GROUP_BYTES + c * 32 + b % this->GROUP * 4, 4);
+      std::memcpy(&word, row + b / GROUP * this->GROUP_BYTES + c * 32 + b % GROUP * 4, 4);
       const __m128i raw = _mm_cvtsi32_si128(word);
       v = _mm_and_si128(_mm_unpacklo_epi32(raw, _mm_srli_epi16(raw, 4)), _mm_set1_epi8(0x0F));
     } else {  // chunks 0, 1: low nibbles of bytes 0-7, 8-15; chunks 2, 3: their high nibbles
@@ -64,7 +64,7 @@ struct Int8Rows : Int8Layout<S, C> {
     const C* row = this->row(r);
     __m128i v;
     if (b < this->grouped()) {  // columns 8c .. 8c + 7 of block j: lane j of the group's vectors 2c, 2c + 1
-      const C* lane = row + b / this->GROUP * this->GROUP_BYTES + 2 * c * 32 + b % this->GROUP * 4;
+      const C* lane = row + b / GROUP * this->GROUP_BYTES + 2 * c * 32 + b % GROUP * 4;
       int32_t lo, hi;
       std::memcpy(&lo, lane, 4);
       std::memcpy(&hi, lane + 32, 4);

@@ -89,6 +89,10 @@ inline __m256i dot_s16(__m256i acc, __m256i a, __m256i b) {
 // The block layouts of the quantized weights (see lmforge/kernels/__init__.py): where a row's bytes
 // are and its per-group scales (and mins). The kernels add their own decoders of a block's codes.
 constexpr int64_t QK = 32;  // columns per block
+// The grouped layouts (int4, grouped int8) hold a row's first grouped_blocks(K) blocks in interleaved
+// groups of GROUP (see lmforge/kernels/__init__.py), the rest as plain blocks.
+constexpr int64_t GROUP = 8;
+inline int64_t grouped_blocks(int64_t K) { return K / QK / GROUP * GROUP; }
 
 // int4: mins may be null (symmetric codes, GGUF Q4_0): then min = -8 * scale.
 template <typename S>
@@ -99,9 +103,8 @@ struct Int4Layout {
   const S *scales, *mins;
   int64_t K, G;
   const uint8_t* row(int64_t r) const { return qs + r * (K / 2); }
-  // blocks 0 .. grouped() - 1 are held in interleaved groups of GROUP (see lmforge/kernels/__init__.py)
-  static constexpr int64_t GROUP = 8, GROUP_BYTES = GROUP * BLOCK_BYTES;
-  int64_t grouped() const { return K / QK / GROUP * GROUP; }
+  static constexpr int64_t GROUP_BYTES = GROUP * BLOCK_BYTES;
+  int64_t grouped() const { return grouped_blocks(K); }
   float scale(int64_t r, int64_t g) const { return to_float(scales[r * G + g]); }
   float min(int64_t r, int64_t g) const { return mins ? to_float(mins[r * G + g]) : -8.f * scale(r, g); }
 };
@@ -112,12 +115,12 @@ template <typename S, typename C = int8_t>
 struct Int8Layout {
   static constexpr bool HAS_MIN = false;
   static constexpr int64_t BLOCK_BYTES = QK;
-  static constexpr int64_t GROUP = 8, GROUP_BYTES = GROUP * BLOCK_BYTES;
+  static constexpr int64_t GROUP_BYTES = GROUP * BLOCK_BYTES;
   const C* q;
   const S* scales;
   int64_t K, G;
   const C* row(int64_t r) const { return q + r * K; }
-  int64_t grouped() const { return std::is_same_v<C, uint8_t> ? K / QK / GROUP * GROUP : 0; }
+  int64_t grouped() const { return std::is_same_v<C, uint8_t> ? grouped_blocks(K) : 0; }
   float scale(int64_t r, int64_t g) const { return to_float(scales[r * G + g]); }
   float min(int64_t, int64_t) const { return 0.f; }
 };
