@@ -48,20 +48,27 @@ inline __m256 exp8(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-// Dot products of 4 unsigned bytes u with 4 signed bytes s per 32-bit lane, added to acc: one VNNI
-// instruction where the CPU has it, maddubs + madd otherwise (whose int16 pair sums must not
-// saturate: |u s + u' s'| <= 32767, true for int4 codes and for |int8| <= 127 against int8).
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__) || defined(__AVXVNNI__)
+// The CPU's VNNI integer dot products, where the build has them (AVX-512 VNNI with VL, or AVX-VNNI):
+// 4 u8 x s8 products (dpbusd) or 2 s16 x s16 products (dpwssd) per 32-bit lane, added to it.
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define LMFORGE_DPBUSD _mm256_dpbusd_epi32
+#define LMFORGE_DPWSSD _mm256_dpwssd_epi32
+#elif defined(__AVXVNNI__)
+#define LMFORGE_DPBUSD _mm256_dpbusd_avx_epi32
+#define LMFORGE_DPWSSD _mm256_dpwssd_avx_epi32
+#endif
+#ifdef LMFORGE_DPBUSD
 constexpr bool HAS_VNNI = true;
 #else
 constexpr bool HAS_VNNI = false;
 #endif
 
+// Dot products of 4 unsigned bytes u with 4 signed bytes s per 32-bit lane, added to acc: one VNNI
+// instruction where the CPU has it, maddubs + madd otherwise (whose int16 pair sums must not
+// saturate: |u s + u' s'| <= 32767, true for int4 codes and for |int8| <= 127 against int8).
 inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-  return _mm256_dpbusd_epi32(acc, u, s);
-#elif defined(__AVXVNNI__)
-  return _mm256_dpbusd_avx_epi32(acc, u, s);
+#ifdef LMFORGE_DPBUSD
+  return LMFORGE_DPBUSD(acc, u, s);
 #else
   return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
 #endif
@@ -77,10 +84,8 @@ inline __m256i dot2_u4s8(__m256i acc, __m256i u0, __m256i s0, __m256i u1, __m256
 
 // Products of int16 pairs per 32-bit lane added to acc (VNNI where the CPU has it).
 inline __m256i dot_s16(__m256i acc, __m256i a, __m256i b) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-  return _mm256_dpwssd_epi32(acc, a, b);
-#elif defined(__AVXVNNI__)
-  return _mm256_dpwssd_avx_epi32(acc, a, b);
+#ifdef LMFORGE_DPWSSD
+  return LMFORGE_DPWSSD(acc, a, b);
 #else
   return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
 #endif
