@@ -173,7 +173,7 @@ class Linear {
   std::pair<int64_t, int64_t> quant(const Rows& w, const QRow* xr, float* y) const {
     const int64_t N = l_.N;
     auto tile = [&](int64_t n0, auto rows) { dot_tile<decltype(rows)::value, MR, TWO>(w, n0, xr, y, N); };
-    return share<tile_rows<Rows, MR>()>(tile);
+    return share<tile_rows<Rows, MR, TWO>()>(tile);
   }
 
   template <int MR, bool TWO>

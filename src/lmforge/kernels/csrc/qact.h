@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <vector>
 
 namespace lmforge_qact {
@@ -25,7 +26,8 @@ using namespace lmforge_simd;
 // the rounding error, and c = 254 a + b [K] as int16 (|c| <= 32385), which carries both planes into one
 // product; d [K/32] the block scales (divided by 254 with two planes), sums [K/32] the exact fp32 sums
 // of the blocks. For grouped weights a and b are interleaved like the weights' groups of 8 blocks (vector i
-// of a group, 32 bytes, holds columns 4i .. 4i + 3 of block j in lane j); c is never interleaved.
+// of a group, 32 bytes, holds columns 4i .. 4i + 3 of block j in lane j), and without VNNI c in the order
+// of the weights' codes widened to int16 (interleave_group16; with VNNI nothing reads c's groups).
 struct QRow {
   const int8_t *a, *b;
   const int16_t* c;
@@ -33,14 +35,55 @@ struct QRow {
   const int32_t* csum;  // [K/32] the integer sums of a block's codes: of a, or with two planes of c
 };
 
+// Transposes 8 x 8 32-bit words: r[i] lane j <- r[j] lane i.
+inline void transpose8(__m256i (&r)[8]) {
+  __m256i t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4)
+    for (int k = 0; k < 2; ++k) {
+      u[i + k] = _mm256_unpacklo_epi64(t[i + k], t[i + 2 + k]);
+      u[i + 2 + k] = _mm256_unpackhi_epi64(t[i + k], t[i + 2 + k]);
+    }
+  // u[0..3] hold rows 0-3 of columns (0, 4), (2, 6), (1, 5), (3, 7) in their two 128-bit halves; u[4..7] rows 4-7
+  const int col[4] = {0, 2, 1, 3};
+  for (int k = 0; k < 4; ++k) {
+    r[col[k]] = _mm256_permute2x128_si256(u[k], u[4 + k], 0x20);
+    r[col[k] + 4] = _mm256_permute2x128_si256(u[k], u[4 + k], 0x31);
+  }
+}
+
 // A group of 8 blocks' codes (256 bytes) reordered so that 4-byte lane j of vector i holds columns
 // 4i .. 4i + 3 of block j: a transpose of 8 x 8 four-byte words.
 inline void interleave_group(int8_t* codes) {
-  uint32_t in[64], out[64];
-  std::memcpy(in, codes, sizeof in);
-  for (int i = 0; i < 8; ++i)
-    for (int j = 0; j < 8; ++j) out[i * 8 + j] = in[j * 8 + i];
-  std::memcpy(codes, out, sizeof out);
+  __m256i r[8];
+  auto* v = reinterpret_cast<__m256i*>(codes);
+  for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_si256(v + j);
+  transpose8(r);
+  for (int i = 0; i < 8; ++i) _mm256_storeu_si256(v + i, r[i]);
+}
+
+// A group's c (8 blocks x 32 int16, column order) in the order of the widened weight codes of the int16
+// products (tile_groups16, Rows::pairs and wide): piece t (t = 0..3) is 4 vectors of 16 int16, and lanes
+// 2j and 2j + 1 of vector v hold columns 8t + 4 (v % 2) + 2 (v / 2) and the next one of block j, so that
+// the pair sums of a product land one block per 32-bit lane: vector 4t + v is column pair
+// 4t + 2 (v % 2) + v / 2 of the 8 blocks, a transpose of 8 x 16 four-byte words.
+inline void interleave_group16(int16_t* c) {
+  __m256i lo[8], hi[8];  // column pairs 0-7 and 8-15 of the 8 blocks
+  auto* v = reinterpret_cast<__m256i*>(c);
+  for (int j = 0; j < 8; ++j) {
+    lo[j] = _mm256_loadu_si256(v + 2 * j);
+    hi[j] = _mm256_loadu_si256(v + 2 * j + 1);
+  }
+  transpose8(lo);
+  transpose8(hi);
+  for (int t = 0; t < 4; ++t)
+    for (int k = 0; k < 4; ++k) {
+      const int pair = 4 * t + 2 * (k % 2) + k / 2;
+      _mm256_storeu_si256(v + 4 * t + k, pair < 8 ? lo[pair] : hi[pair - 8]);
+    }
 }
 
 // Round x [K] into a (and with two planes b and c), d, sums and csum. With two planes the integer sum of a
@@ -101,15 +144,35 @@ inline void round_row(const float* x, int64_t K, bool two, int64_t grouped, int8
   }
   for (int64_t blk = 0; blk < grouped; blk += GROUP) {
     interleave_group(a + blk * QK);
-    if (two) interleave_group(b + blk * QK);
+    if (two) {
+      interleave_group(b + blk * QK);
+      if constexpr (!HAS_VNNI) interleave_group16(c16 + blk * QK);  // only the int16 products read it
+    }
   }
 }
+
+// Storage aligned to a cache line, so that no 32-byte load of the codes straddles two lines.
+template <typename T>
+struct LineAligned {
+  using value_type = T;
+  LineAligned() = default;
+  template <typename U>
+  LineAligned(const LineAligned<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <typename U>
+  bool operator==(const LineAligned<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const LineAligned<U>&) const { return false; }
+};
+template <typename T>
+using AlignedVector = std::vector<T, LineAligned<T>>;
 
 // M rows of x rounded for the products: each row's codes, block scales and sums, and their QRow views.
 // grouped: the blocks the weight holds in interleaved groups (its layout's grouped(); 0 for plain int8).
 struct RoundedRows {
-  std::vector<int8_t> a, b;
-  std::vector<int16_t> c;
+  AlignedVector<int8_t> a, b;
+  AlignedVector<int16_t> c;
   std::vector<float> meta;
   std::vector<int32_t> csums;
   std::vector<QRow> rows;
@@ -149,12 +212,15 @@ struct RoundedRows {
 };
 
 // --------------------------------------------------------------------------- weight decoders
-// codes(block) gives the 32 codes of a plain block as bytes in column order, in the form the u8 x s8
-// products take (unsigned first operand): int4 codes 0..15 as they are; int8 codes as |q|, their signs
-// moved onto the activation (sign_epi8). codes16(block, lo, hi) gives them as int16, columns 0-15 and
-// 16-31. The grouped layouts (GROUPS) also give a group's vectors 2t and 2t + 1 (vectors(group, t, ..):
-// lane j holds 4 columns of block j) and their products with the activation's (dot2); with BIASED the
-// products are of the codes + 128, and the tile takes 128 times the activation's code sums off.
+
+// A 32-byte vector whose 4-byte lane j holds 4 codes of block j, reordered so that its first 16 bytes
+// hold bytes 0, 1 of every block's lane (block j's at 2j, 2j + 1) and its last 16 bytes bytes 2, 3.
+inline __m256i reorder_pairs(__m256i v) {
+  // per 128-bit lane: bytes 0, 1 of its 4 blocks, then bytes 2, 3; then the middle 64-bit quarters swapped
+  const __m256i order = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+                                         0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+  return _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, order), 0xD8);
+}
 
 template <typename S>
 struct Int4Rows : Int4Layout<S> {
@@ -179,6 +245,16 @@ struct Int4Rows : Int4Layout<S> {
   }
   static __m256i dot2(__m256i acc, __m256i v0, __m256i s0, __m256i v1, __m256i s1) {
     return dot2_u4s8(acc, v0, s0, v1, s1);
+  }
+  // The int16 products (tile_groups16): piece t's codes with the bytes of each block's 4-byte lane
+  // reordered (pairs, for both u), then as 16 int16 codes: bytes 0, 1 (h = 0) or 2, 3 (h = 1) of every
+  // block's lane, their low nibbles (u = 0) or high ones (u = 1), in the order of interleave_group16.
+  static void pairs(const uint8_t* group, int t, __m256i (&p)[2]) {
+    p[0] = p[1] = reorder_pairs(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 32 * t)));
+  }
+  static __m256i wide(__m256i p, int h, int u) {
+    const __m256i codes = _mm256_cvtepu8_epi16(h ? _mm256_extracti128_si256(p, 1) : _mm256_castsi256_si128(p));
+    return u ? _mm256_srli_epi16(codes, 4) : _mm256_and_si256(codes, _mm256_set1_epi16(0x0F));
   }
   // Without VNNI both planes go into one accumulator as 254 (q . a) + (q . b): the int16 pair sums are
   // widened by madd with 254 and with 1 (exact: a group's |sum| <= 4 * 2 * 7620 * 255 < 2^24), which
@@ -212,6 +288,17 @@ struct Int8Rows : Int8Layout<S, C> {
   static void vectors(const C* group, int t, __m256i& v0, __m256i& v1) {
     v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 64 * t));
     v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 64 * t + 32));
+  }
+  // The int16 products: vectors 2t + u (u = 0, 1) of a group as int8 codes, each block's 4-byte lane
+  // reordered (pairs), then bytes 0, 1 (h = 0) or 2, 3 (h = 1) of every block's lane as 16 int16 codes.
+  static void pairs(const C* group, int t, __m256i (&p)[2]) {
+    for (int u = 0; u < 2; ++u) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 64 * t + 32 * u));
+      p[u] = reorder_pairs(_mm256_xor_si256(raw, _mm256_set1_epi8(-128)));
+    }
+  }
+  static __m256i wide(__m256i p, int h, int) {
+    return _mm256_cvtepi8_epi16(h ? _mm256_extracti128_si256(p, 1) : _mm256_castsi256_si128(p));
   }
   static __m256i dot2(__m256i acc, __m256i v0, __m256i s0, __m256i v1, __m256i s1) {
     if constexpr (BIASED) {
@@ -256,13 +343,73 @@ __attribute__((always_inline)) inline void block_params(const Rows& w, int64_t N
   }
 }
 
+// How a tile multiplies the interleaved groups of its weight rows with two activation planes: as int16
+// products of the widened codes with c (tile_groups16), or as u8 x s8 products with a and b. Without
+// VNNI the int16 products take fewer multiplies (4 per 64 weights and activation row against 6 for
+// int4, against 8 and the sign trick for int8), which pays from two activation rows on, where the
+// widening is shared (benchmarks/RESULTS.md); with VNNI the u8 x s8 products are one instruction each.
+template <typename Rows, int MR, bool TWO>
+constexpr bool wide_groups() {
+  return Rows::GROUPS && TWO && !HAS_VNNI && MR > 1;
+}
+
 // Weight rows per tile for MR activation rows. int8 rows go one at a time: one sequential stream per
 // thread reads DRAM ~35% faster than 4 interleaved 576-byte rows (measured on the default model's
-// shapes, 2 threads); int4 tiles take 4 rows (2 with several activation rows: the accumulators must
-// fit in the registers), which amortizes their decoding.
-template <typename Rows, int MR>
+// shapes, 2 threads); int4 tiles take 4 rows (2 with several activation rows, 1 for the int16 products:
+// the accumulators must fit in the registers), which amortizes their decoding.
+template <typename Rows, int MR, bool TWO>
 constexpr int tile_rows() {
-  return Rows::BLOCK_BYTES == QK ? 1 : (MR == 1 ? 4 : 2);
+  if constexpr (wide_groups<Rows, MR, TWO>()) return 2;
+  if constexpr (Rows::BLOCK_BYTES == QK) return 1;
+  return MR == 1 ? 4 : 2;
+}
+
+// tile_groups with int16 products: per group, each (weight row, activation row) sums its 8 blocks one
+// per lane, as tile_groups does. Each of a piece's 4 activation vectors is loaded once for all R weight
+// rows (at two planes the activations take 2 bytes a weight: the loads would bound the tile). Exact
+// in int32 (a block sums 32 products of at most 128 x 32385).
+template <int R, int MR, typename Rows>
+__attribute__((always_inline)) inline void tile_groups16(const Rows& w, int64_t n0, const QRow* xr, int64_t N,
+                                                         __m256 (&acc)[R][MR]) {
+  constexpr int64_t PIECE = Rows::GROUP_BYTES / 4;  // the bytes of piece t
+  const int64_t bpg = w.K / QK / w.G, groups = w.grouped() / GROUP;
+  alignas(32) float ws[8], wm[8];
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t b0 = g * GROUP;
+    __m256i s[R][MR];
+    UNROLL for (int r = 0; r < R; ++r)
+      UNROLL for (int m = 0; m < MR; ++m) s[r][m] = _mm256_setzero_si256();
+    UNROLL for (int t = 0; t < 4; ++t) {
+      __m256i p[R][2];
+      UNROLL for (int r = 0; r < R; ++r) {
+        if ((PIECE * t) % 64 == 0)
+          _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + R + r) + g * Rows::GROUP_BYTES + PIECE * t), _MM_HINT_T0);
+        Rows::pairs(w.row(n0 + r) + g * Rows::GROUP_BYTES, t, p[r]);
+      }
+      UNROLL for (int k = 0; k < 4; ++k) {  // the piece's activation vector k: h = k / 2, u = k % 2
+        __m256i v[R];
+        UNROLL for (int r = 0; r < R; ++r) v[r] = Rows::wide(p[r][k % 2], k / 2, k % 2);
+        UNROLL for (int m = 0; m < MR; ++m) {
+          const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[m].c + b0 * QK + 64 * t + 16 * k));
+          UNROLL for (int r = 0; r < R; ++r) {
+            s[r][m] = _mm256_add_epi32(s[r][m], _mm256_madd_epi16(v[r], c));
+            // one product at a time: else GCC reassociates a group's sums into a tree and spills
+            asm("" : "+x"(s[r][m]));
+          }
+        }
+      }
+    }
+    UNROLL for (int r = 0; r < R; ++r) {
+      block_params(w, N, n0 + r, b0, GROUP, bpg, ws, wm);
+      const __m256 scale = _mm256_load_ps(ws);
+      UNROLL for (int m = 0; m < MR; ++m) {
+        const __m256 sd = _mm256_mul_ps(scale, _mm256_loadu_ps(xr[m].d + b0));
+        acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][m]), sd, acc[r][m]);
+        if constexpr (Rows::HAS_MIN)
+          acc[r][m] = _mm256_fmadd_ps(_mm256_load_ps(wm), _mm256_loadu_ps(xr[m].sums + b0), acc[r][m]);
+      }
+    }
+  }
 }
 
 // The interleaved groups of a tile (int4, grouped int8): per group of 8 blocks, each row's integer sums
@@ -328,7 +475,11 @@ inline void dot_tile(const Rows& w, int64_t n0, const QRow* xr, float* y, int64_
   __m256 acc[R][MR];
   UNROLL for (int r = 0; r < R; ++r)
     UNROLL for (int m = 0; m < MR; ++m) acc[r][m] = _mm256_setzero_ps();
-  if constexpr (Rows::GROUPS) tile_groups<R, MR, TWO>(w, n0, xr, N, acc);
+  if constexpr (wide_groups<Rows, MR, TWO>()) {
+    tile_groups16(w, n0, xr, N, acc);
+  } else if constexpr (Rows::GROUPS) {
+    tile_groups<R, MR, TWO>(w, n0, xr, N, acc);
+  }
   alignas(32) float sd[R][MR][8];
   alignas(32) float ws[8], wm[8];
   for (int64_t b0 = first; b0 < nb; b0 += 8) {

@@ -37,7 +37,7 @@ constexpr int64_t MAX_ROWS = 4;  // activation rows per pass over the weights
 
 template <int MR, bool TWO, typename Rows>
 void gemv(const Rows& w, const QRow* xr, float* y, int64_t N, int64_t bytes_per_row) {
-  constexpr int R = tile_rows<Rows, MR>();
+  constexpr int R = tile_rows<Rows, MR, TWO>();
   parallel_tiles<R>(N, bytes_per_row, [&](int64_t n0, auto rows) { dot_tile<decltype(rows)::value, MR, TWO>(w, n0, xr, y, N); });
 }
 
