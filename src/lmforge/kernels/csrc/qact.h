@@ -212,6 +212,13 @@ struct RoundedRows {
 };
 
 // --------------------------------------------------------------------------- weight decoders
+// codes(block) gives the 32 codes of a plain block as bytes in column order, in the form the u8 x s8
+// products take (unsigned first operand): int4 codes 0..15 as they are; int8 codes as |q|, their signs
+// moved onto the activation (sign_epi8). codes16(block, lo, hi) gives them as int16, columns 0-15 and
+// 16-31. The grouped layouts (GROUPS) also give a group's vectors 2t and 2t + 1 (vectors(group, t, ..):
+// lane j holds 4 columns of block j) and their products with the activation's (dot2); with BIASED the
+// products are of the codes + 128, and the tile takes 128 times the activation's code sums off. For the
+// int16 products (tile_groups16) they give a piece's codes reordered (pairs) and widened (wide).
 
 // A 32-byte vector whose 4-byte lane j holds 4 codes of block j, reordered so that its first 16 bytes
 // hold bytes 0, 1 of every block's lane (block j's at 2j, 2j + 1) and its last 16 bytes bytes 2, 3.
@@ -355,13 +362,32 @@ constexpr bool wide_groups() {
 
 // Weight rows per tile for MR activation rows. int8 rows go one at a time: one sequential stream per
 // thread reads DRAM ~35% faster than 4 interleaved 576-byte rows (measured on the default model's
-// shapes, 2 threads); int4 tiles take 4 rows (2 with several activation rows, 1 for the int16 products:
-// the accumulators must fit in the registers), which amortizes their decoding.
+// shapes, 2 threads); int4 tiles take 4 rows (2 with several activation rows: the accumulators must
+// fit in the registers), which amortizes their decoding. The int16 products take 2 (each activation
+// vector is loaded once for both).
 template <typename Rows, int MR, bool TWO>
 constexpr int tile_rows() {
   if constexpr (wide_groups<Rows, MR, TWO>()) return 2;
   if constexpr (Rows::BLOCK_BYTES == QK) return 1;
   return MR == 1 ? 4 : 2;
+}
+
+// A group's integer sums s (one block per lane) into the tile's accumulators: one conversion and one
+// multiply with the 8 blocks' scale * d per row, and the mins with the 8 block sums.
+template <int R, int MR, typename Rows>
+__attribute__((always_inline)) inline void add_group(const Rows& w, int64_t N, int64_t n0, int64_t b0, const QRow* xr,
+                                                     const __m256i (&s)[R][MR], __m256 (&acc)[R][MR]) {
+  alignas(32) float ws[8], wm[8];
+  UNROLL for (int r = 0; r < R; ++r) {
+    block_params(w, N, n0 + r, b0, GROUP, w.K / QK / w.G, ws, wm);
+    const __m256 scale = _mm256_load_ps(ws);
+    UNROLL for (int m = 0; m < MR; ++m) {
+      const __m256 sd = _mm256_mul_ps(scale, _mm256_loadu_ps(xr[m].d + b0));
+      acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][m]), sd, acc[r][m]);
+      if constexpr (Rows::HAS_MIN)
+        acc[r][m] = _mm256_fmadd_ps(_mm256_load_ps(wm), _mm256_loadu_ps(xr[m].sums + b0), acc[r][m]);
+    }
+  }
 }
 
 // tile_groups with int16 products: per group, each (weight row, activation row) sums its 8 blocks one
@@ -372,8 +398,7 @@ template <int R, int MR, typename Rows>
 __attribute__((always_inline)) inline void tile_groups16(const Rows& w, int64_t n0, const QRow* xr, int64_t N,
                                                          __m256 (&acc)[R][MR]) {
   constexpr int64_t PIECE = Rows::GROUP_BYTES / 4;  // the bytes of piece t
-  const int64_t bpg = w.K / QK / w.G, groups = w.grouped() / GROUP;
-  alignas(32) float ws[8], wm[8];
+  const int64_t groups = w.grouped() / GROUP;
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t b0 = g * GROUP;
     __m256i s[R][MR];
@@ -399,29 +424,18 @@ __attribute__((always_inline)) inline void tile_groups16(const Rows& w, int64_t 
         }
       }
     }
-    UNROLL for (int r = 0; r < R; ++r) {
-      block_params(w, N, n0 + r, b0, GROUP, bpg, ws, wm);
-      const __m256 scale = _mm256_load_ps(ws);
-      UNROLL for (int m = 0; m < MR; ++m) {
-        const __m256 sd = _mm256_mul_ps(scale, _mm256_loadu_ps(xr[m].d + b0));
-        acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][m]), sd, acc[r][m]);
-        if constexpr (Rows::HAS_MIN)
-          acc[r][m] = _mm256_fmadd_ps(_mm256_load_ps(wm), _mm256_loadu_ps(xr[m].sums + b0), acc[r][m]);
-      }
-    }
+    add_group(w, N, n0, b0, xr, s, acc);
   }
 }
 
 // The interleaved groups of a tile (int4, grouped int8): per group of 8 blocks, each row's integer sums
-// come out one block per lane (dot products of 4 codes at a time), then one conversion and one
-// multiply with the 8 blocks' scale * d, and the mins with the 8 block sums.
+// come out one block per lane (dot products of 4 codes at a time), then go to add_group.
 template <int R, int MR, bool TWO, typename Rows>
 __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0, const QRow* xr, int64_t N,
                                                        __m256 (&acc)[R][MR]) {
   constexpr int64_t PIECE = Rows::GROUP_BYTES / 4;  // the bytes of vectors 2t and 2t + 1
   constexpr bool FUSED = TWO && Rows::FUSED_PLANES;  // both planes in sa
-  const int64_t bpg = w.K / QK / w.G, groups = w.grouped() / GROUP;
-  alignas(32) float ws[8], wm[8];
+  const int64_t groups = w.grouped() / GROUP;
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t b0 = g * GROUP;
     __m256i sa[R][MR], sb[R][MR];
@@ -447,20 +461,13 @@ __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0
         }
       }
     }
-    UNROLL for (int r = 0; r < R; ++r) {
-      block_params(w, N, n0 + r, b0, GROUP, bpg, ws, wm);
-      const __m256 scale = _mm256_load_ps(ws);
+    UNROLL for (int r = 0; r < R; ++r)
       UNROLL for (int m = 0; m < MR; ++m) {
-        __m256i sum = sa[r][m];
-        if constexpr (TWO && !FUSED) sum = _mm256_add_epi32(_mm256_mullo_epi32(sum, _mm256_set1_epi32(254)), sb[r][m]);
+        if constexpr (TWO && !FUSED) sa[r][m] = _mm256_add_epi32(_mm256_mullo_epi32(sa[r][m], _mm256_set1_epi32(254)), sb[r][m]);
         if constexpr (Rows::BIASED)  // (q + 128) . c = q . c + 128 sum(c)
-          sum = _mm256_sub_epi32(sum, _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[m].csum + b0)), 7));
-        const __m256 sd = _mm256_mul_ps(scale, _mm256_loadu_ps(xr[m].d + b0));
-        acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), sd, acc[r][m]);
-        if constexpr (Rows::HAS_MIN)
-          acc[r][m] = _mm256_fmadd_ps(_mm256_load_ps(wm), _mm256_loadu_ps(xr[m].sums + b0), acc[r][m]);
+          sa[r][m] = _mm256_sub_epi32(sa[r][m], _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[m].csum + b0)), 7));
       }
-    }
+    add_group(w, N, n0, b0, xr, sa, acc);
   }
 }
 

@@ -11,7 +11,8 @@
 // (VNNI's dpbusd where the CPU has it, maddubs + madd otherwise; see qact.h). int4 weights hold most of
 // a row in interleaved groups of 8 blocks (as do grouped int8 weights, GGUF Q8_0), whose integer sums
 // come out one block per vector lane, so that 8 blocks share one conversion to fp32 and one multiply
-// (two planes: a and b products, joined as 254 sa + sb); the blocks left over, and plain int8 weights,
+// (two planes: a and b products, joined as 254 sa + sb; without VNNI, from two rows on, int16 products of
+// the widened codes with c = 254 a + b); the blocks left over, and plain int8 weights,
 // take one block per vector (two planes: one
 // int16 product with c = 254 a + b). That takes fewer instructions per weight than widening every
 // weight to fp32 (quant_linear.cpp); benchmarks/kernels.py measures both.
