@@ -361,13 +361,43 @@ def test_int4_linear_under_torch_compile(native):
     print(f"compile + first call: {time.perf_counter() - start:.1f} s")
 
 
-@pytest.mark.skipif(not {"avx512_vnni", "avx_vnni"} & build.cpu_flags(),
-                    reason="without VNNI the native build already is the plain AVX2 code")
-def test_plain_avx2_build_matches_reference(tmp_path):
-    """On a CPU with VNNI the integer products use it; the plain AVX2 code (maddubs + madd), which
-    CPUs without it run, is built with -march=x86-64-v3 and put through the same tests."""
-    env = {**os.environ, build.ARCH_ENV: "x86-64-v3"}
+def _run_kernel_tests(env_change: dict[str, str]):
+    """This file's and the native step's tests (but these) in a subprocess with another build."""
+    env = {**os.environ, **env_change}
     tests = [__file__, os.path.join(os.path.dirname(__file__), "test_native_step.py")]
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not slow",
-                        "-k", "not plain_avx2_build", *tests], env=env, capture_output=True, text=True, timeout=1200)
+                        "-k", "not other_build", *tests], env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+@pytest.mark.skipif(not {"avx512_vnni", "avx_vnni"} & build.cpu_flags(),
+                    reason="without VNNI the native build already is the plain AVX2 code")
+def test_other_build_plain_avx2_matches_reference():
+    """On a CPU with VNNI the integer products use it; the plain AVX2 code (maddubs + madd), which
+    CPUs without it run, is built with -march=x86-64-v3 and put through the same tests."""
+    _run_kernel_tests({build.ARCH_ENV: "x86-64-v3"})
+
+
+@pytest.mark.skipif(not build.ZMM_FLAGS <= build.cpu_flags(), reason="the CPU lacks AVX-512 VNNI")
+def test_other_build_vector_width_matches_reference():
+    """On a CPU with AVX-512 VNNI the grouped products run in 512-bit vectors or in 256-bit ones
+    (build.builds_zmm); the width the default build does not use is put through the same tests."""
+    _run_kernel_tests({build.ZMM_ENV: "0" if build.builds_zmm() else "1"})
+
+
+@pytest.mark.parametrize("vendor,family,env,expected", [
+    ("AuthenticAMD", "26", "", True),    # Zen 5: full-width 512-bit units
+    ("AuthenticAMD", "25", "", False),   # Zen 4 splits 512-bit instructions in two
+    ("GenuineIntel", "6", "", False),
+    ("GenuineIntel", "6", "1", True),    # LMFORGE_KERNEL_ZMM decides
+    ("AuthenticAMD", "26", "0", False),
+])
+def test_512_bit_products_chosen_by_cpu(monkeypatch, vendor, family, env, expected):
+    flags = " ".join(sorted(build.ZMM_FLAGS | {"avx2", "fma", "f16c"}))
+    monkeypatch.setattr(build, "_cpuinfo", lambda: {"vendor_id": vendor, "cpu family": family, "flags": flags})
+    monkeypatch.setenv(build.ZMM_ENV, env)
+    monkeypatch.delenv(build.ARCH_ENV, raising=False)
+    assert build.builds_zmm() is expected
+    assert ("-DLMFORGE_ZMM=1" in build.cflags()) is expected
+    monkeypatch.setattr(build, "_cpuinfo", lambda: {"vendor_id": vendor, "cpu family": family, "flags": "avx2 fma f16c"})
+    assert build.builds_zmm() is False  # never without AVX-512 VNNI

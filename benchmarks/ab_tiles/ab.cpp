@@ -19,6 +19,9 @@
 namespace A {
 #include VA
 }
+#ifdef B_ZMM  // B built with the 512-bit group tiles (LMFORGE_ZMM), A without
+#define LMFORGE_ZMM 1
+#endif
 namespace B {
 #include VB
 }

@@ -14,6 +14,6 @@ trap 'rm -rf "$work"' EXIT
 cp -r "$1" "$work/a"
 cp -r "$2" "$work/b"
 for f in "$work"/b/*.h; do echo "// B" >> "$f"; done  # GCC's #pragma once takes identical files for one
-g++ -O3 -march=native -mavx2 -mfma -mf16c -ffp-contract=off -fopenmp "-DVA=\"$work/a/qact.h\"" "-DVB=\"$work/b/qact.h\"" \
+g++ -O3 -march=native ${AB_FLAGS:-} -mavx2 -mfma -mf16c -ffp-contract=off -fopenmp "-DVA=\"$work/a/qact.h\"" "-DVB=\"$work/b/qact.h\"" \
   -I"$torch_dir/include" -o "$work/ab" "$here/ab.cpp" -L"$torch_dir/lib" -lc10 -Wl,-rpath,"$torch_dir/lib"
 "$work/ab" "${3:-576}" "${4:-512}"

@@ -25,6 +25,10 @@ DISABLE_ENV = "LMFORGE_NO_NATIVE"
 # -march for the build: "native" (default) uses all the CPU has (AVX-512 VNNI / AVX-VNNI integer dot
 # products where present); "x86-64-v3" builds the plain AVX2 + FMA code, e.g. to test it on a newer CPU.
 ARCH_ENV = "LMFORGE_KERNEL_ARCH"
+# 512-bit integer products for the grouped layouts ("1" / "0"; default: on where measured to pay, see
+# builds_zmm).
+ZMM_ENV = "LMFORGE_KERNEL_ZMM"
+ZMM_FLAGS = {"avx512bw", "avx512vl", "avx512_vnni"}
 
 
 def arch() -> str:
@@ -33,18 +37,43 @@ def arch() -> str:
 
 
 def cflags() -> tuple[str, ...]:
-    return (f"-march={arch()}", *CFLAGS)
+    return (f"-march={arch()}", *CFLAGS, *(("-DLMFORGE_ZMM=1",) if builds_zmm() else ()))
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo; empty where unknown."""
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            info[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return info
 
 
 def cpu_flags() -> frozenset[str]:
     """The CPU feature flags Linux reports in /proc/cpuinfo; empty where unknown."""
+    return frozenset(_cpuinfo().get("flags", "").split())
+
+
+def builds_zmm() -> bool:
+    """Whether the grouped integer products use 512-bit vectors: the native build on a CPU with AVX-512
+    VNNI, by default only where 512-bit instructions run at full width and were measured faster: AMD
+    Zen 5 (family 26 on; benchmarks/RESULTS.md: 0.7-0.8x the time of the 256-bit tiles). Zen 4 splits
+    them in two and the Intel CPU measured was no faster with them. LMFORGE_KERNEL_ZMM=1 / 0 decides."""
+    if arch() != "native" or not ZMM_FLAGS <= cpu_flags():
+        return False
+    choice = os.environ.get(ZMM_ENV, "")
+    if choice in ("0", "1"):
+        return choice == "1"
+    info = _cpuinfo()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+        return info.get("vendor_id") == "AuthenticAMD" and int(info.get("cpu family", "0")) >= 26
+    except ValueError:
+        return False
 
 
 def builds_vnni() -> bool:
@@ -55,7 +84,10 @@ def builds_vnni() -> bool:
 
 def describe_build() -> str:
     """The native build in words: its -march and the integer dot products it uses."""
-    return f"-march={arch()}, " + ("VNNI integer dot products" if builds_vnni() else "AVX2 integer products (no VNNI)")
+    products = "AVX2 integer products (no VNNI)"
+    if builds_vnni():
+        products = "VNNI integer dot products" + (", 512-bit" if builds_zmm() else "")
+    return f"-march={arch()}, {products}"
 
 
 def cache_root() -> Path:

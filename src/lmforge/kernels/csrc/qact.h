@@ -253,6 +253,15 @@ struct Int4Rows : Int4Layout<S> {
   static __m256i dot2(__m256i acc, __m256i v0, __m256i s0, __m256i v1, __m256i s1) {
     return dot2_u4s8(acc, v0, s0, v1, s1);
   }
+#if defined(__AVX512BW__)
+  // 512 bits (tile_groups512): vectors 2t and 2t + 1 of a group side by side, from piece t's low and
+  // high nibbles
+  static __m512i piece512(const uint8_t* group, int t) {
+    const __m512i raw = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 32 * t)));
+    const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);  // 0 | 4 bits
+    return _mm512_and_si512(_mm512_srlv_epi16(raw, shift), _mm512_set1_epi8(0x0F));
+  }
+#endif
   // The int16 products (tile_groups16): piece t's codes with the bytes of each block's 4-byte lane
   // reordered (pairs, for both u), then as 16 int16 codes: bytes 0, 1 (h = 0) or 2, 3 (h = 1) of every
   // block's lane, their low nibbles (u = 0) or high ones (u = 1), in the order of interleave_group16.
@@ -307,6 +316,11 @@ struct Int8Rows : Int8Layout<S, C> {
   static __m256i wide(__m256i p, int h, int) {
     return _mm256_cvtepi8_epi16(h ? _mm256_extracti128_si256(p, 1) : _mm256_castsi256_si128(p));
   }
+#if defined(__AVX512BW__)
+  static __m512i piece512(const C* group, int t) {  // vectors 2t and 2t + 1 (tile_groups512)
+    return _mm512_loadu_si512(group + 64 * t);
+  }
+#endif
   static __m256i dot2(__m256i acc, __m256i v0, __m256i s0, __m256i v1, __m256i s1) {
     if constexpr (BIASED) {
       return dot_u8s8(dot_u8s8(acc, v0, s0), v1, s1);
@@ -372,6 +386,11 @@ constexpr int tile_rows() {
   return MR == 1 ? 4 : 2;
 }
 
+// How far ahead the tiles prefetch their weight rows, in tiles: streaming from DRAM needs more bytes in
+// flight than one tile's (0.7-0.8x the time of prefetching the next tile, one thread, int4 and grouped
+// int8 rows of 576 columns, 1 activation row; 4 and 8 tiles ahead measured alike).
+constexpr int64_t AHEAD = 4;
+
 // A group's integer sums s (one block per lane) into the tile's accumulators: one conversion and one
 // multiply with the 8 blocks' scale * d per row, and the mins with the 8 block sums.
 template <int R, int MR, typename Rows>
@@ -408,7 +427,7 @@ __attribute__((always_inline)) inline void tile_groups16(const Rows& w, int64_t 
       __m256i p[R][2];
       UNROLL for (int r = 0; r < R; ++r) {
         if ((PIECE * t) % 64 == 0)
-          _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + R + r) + g * Rows::GROUP_BYTES + PIECE * t), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + AHEAD * R + r) + g * Rows::GROUP_BYTES + PIECE * t), _MM_HINT_T0);
         Rows::pairs(w.row(n0 + r) + g * Rows::GROUP_BYTES, t, p[r]);
       }
       UNROLL for (int k = 0; k < 4; ++k) {  // the piece's activation vector k: h = k / 2, u = k % 2
@@ -443,9 +462,9 @@ __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0
       UNROLL for (int m = 0; m < MR; ++m) sa[r][m] = sb[r][m] = _mm256_setzero_si256();
     UNROLL for (int t = 0; t < 4; ++t) {
       UNROLL for (int r = 0; r < R; ++r) {
-        // the same bytes of the next tile's rows: far enough ahead to hide the latency of L3 or DRAM
+        // the same bytes of the rows AHEAD tiles on
         if ((PIECE * t) % 64 == 0)
-          _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + R + r) + g * Rows::GROUP_BYTES + PIECE * t), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + AHEAD * R + r) + g * Rows::GROUP_BYTES + PIECE * t), _MM_HINT_T0);
         __m256i v0, v1;
         Rows::vectors(w.row(n0 + r) + g * Rows::GROUP_BYTES, t, v0, v1);
         UNROLL for (int m = 0; m < MR; ++m) {  // activation vectors 2t and 2t + 1 of the group
@@ -471,6 +490,44 @@ __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0
   }
 }
 
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+// tile_groups in 512-bit vectors (HAS_ZMM; VNNI): vectors 2t and 2t + 1 of a group (weight and
+// activation) in one register, one dpbusd for both, and the two halves of the sums added after the
+// group: lane j and lane 8 + j both hold block j.
+template <int R, int MR, bool TWO, typename Rows>
+__attribute__((always_inline)) inline void tile_groups512(const Rows& w, int64_t n0, const QRow* xr, int64_t N,
+                                                          __m256 (&acc)[R][MR]) {
+  constexpr int64_t PIECE = Rows::GROUP_BYTES / 4;  // the weight bytes of vectors 2t and 2t + 1
+  const int64_t groups = w.grouped() / GROUP;
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t b0 = g * GROUP;
+    __m512i sa[R][MR], sb[R][MR];
+    UNROLL for (int r = 0; r < R; ++r)
+      UNROLL for (int m = 0; m < MR; ++m) sa[r][m] = sb[r][m] = _mm512_setzero_si512();
+    UNROLL for (int t = 0; t < 4; ++t) {
+      UNROLL for (int r = 0; r < R; ++r) {
+        if ((PIECE * t) % 64 == 0)
+          _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + AHEAD * R + r) + g * Rows::GROUP_BYTES + PIECE * t), _MM_HINT_T0);
+        const __m512i v = Rows::piece512(w.row(n0 + r) + g * Rows::GROUP_BYTES, t);
+        UNROLL for (int m = 0; m < MR; ++m) {
+          sa[r][m] = _mm512_dpbusd_epi32(sa[r][m], v, _mm512_loadu_si512(xr[m].a + b0 * QK + 64 * t));
+          if constexpr (TWO) sb[r][m] = _mm512_dpbusd_epi32(sb[r][m], v, _mm512_loadu_si512(xr[m].b + b0 * QK + 64 * t));
+        }
+      }
+    }
+    __m256i s[R][MR];
+    UNROLL for (int r = 0; r < R; ++r)
+      UNROLL for (int m = 0; m < MR; ++m) {
+        const __m512i both = TWO ? _mm512_add_epi32(_mm512_mullo_epi32(sa[r][m], _mm512_set1_epi32(254)), sb[r][m]) : sa[r][m];
+        s[r][m] = _mm256_add_epi32(_mm512_castsi512_si256(both), _mm512_extracti64x4_epi64(both, 1));
+        if constexpr (Rows::BIASED)  // (q + 128) . c = q . c + 128 sum(c)
+          s[r][m] = _mm256_sub_epi32(s[r][m], _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[m].csum + b0)), 7));
+      }
+    add_group(w, N, n0, b0, xr, s, acc);
+  }
+}
+#endif
+
 // y[m * N + n0 + r] for R weight rows and MR activation rows. Grouped weights: their interleaved groups
 // (tile_groups), then the plain blocks left over. Per plain block the integer sum is turned to fp32
 // and multiplied with scale * d (made 8 blocks at a time into `sd`); the mins times the block sums of x
@@ -484,6 +541,10 @@ inline void dot_tile(const Rows& w, int64_t n0, const QRow* xr, float* y, int64_
     UNROLL for (int m = 0; m < MR; ++m) acc[r][m] = _mm256_setzero_ps();
   if constexpr (wide_groups<Rows, MR, TWO>()) {
     tile_groups16(w, n0, xr, N, acc);
+  } else if constexpr (Rows::GROUPS && HAS_ZMM) {
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+    tile_groups512<R, MR, TWO>(w, n0, xr, N, acc);
+#endif
   } else if constexpr (Rows::GROUPS) {
     tile_groups<R, MR, TWO>(w, n0, xr, N, acc);
   }
@@ -504,7 +565,7 @@ inline void dot_tile(const Rows& w, int64_t n0, const QRow* xr, float* y, int64_
       if constexpr (TWO) {
         UNROLL for (int r = 0; r < R; ++r) {
           const auto* block = w.row(n0 + r) + blk * Rows::BLOCK_BYTES;
-          _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + R + r) + blk * Rows::BLOCK_BYTES), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + AHEAD * R + r) + blk * Rows::BLOCK_BYTES), _MM_HINT_T0);
           __m256i lo, hi;
           Rows::codes16(block, lo, hi);
           UNROLL for (int m = 0; m < MR; ++m) {
@@ -519,7 +580,7 @@ inline void dot_tile(const Rows& w, int64_t n0, const QRow* xr, float* y, int64_
         UNROLL for (int m = 0; m < MR; ++m) av[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[m].a + blk * QK));
         UNROLL for (int r = 0; r < R; ++r) {
           const auto* block = w.row(n0 + r) + blk * Rows::BLOCK_BYTES;
-          _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + R + r) + blk * Rows::BLOCK_BYTES), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + AHEAD * R + r) + blk * Rows::BLOCK_BYTES), _MM_HINT_T0);
           const __m256i q = Rows::codes(block);
           UNROLL for (int m = 0; m < MR; ++m) {
             const __m256i s = dot_u8s8(_mm256_setzero_si256(), q, Rows::signed_act(av[m], block));

@@ -63,6 +63,15 @@ constexpr bool HAS_VNNI = true;
 constexpr bool HAS_VNNI = false;
 #endif
 
+// LMFORGE_ZMM (set by build.py where it pays, see lmforge/kernels/build.py): the grouped integer products
+// in 512-bit vectors (AVX-512 BW + VNNI), two 256-bit vectors' worth per instruction. Only CPUs that
+// execute 512-bit instructions at full width gain from it.
+#if defined(LMFORGE_ZMM) && LMFORGE_ZMM && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+constexpr bool HAS_ZMM = true;
+#else
+constexpr bool HAS_ZMM = false;
+#endif
+
 // Dot products of 4 unsigned bytes u with 4 signed bytes s per 32-bit lane, added to acc: one VNNI
 // instruction where the CPU has it, maddubs + madd otherwise (whose int16 pair sums must not
 // saturate: |u s + u' s'| <= 32767, true for int4 codes and for |int8| <= 127 against int8).
