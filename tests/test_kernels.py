@@ -117,8 +117,8 @@ def test_rejects_bad_shapes(native):
 @pytest.mark.parametrize("M,N,K", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_rounded_activation_linears_match_reference(native, bits, M, N, K, dtype):
-    """act_bits 16 / 8: the kernels' integer products equal the reference's rounding of x; from 32 rows
-    on they are the exact fp32 product."""
+    """act_bits 16 / 8: the kernels' integer products equal the reference's rounding of x (one pass over
+    the weights up to 4 rows, panels of weight rows past all the rows of x from 5 on)."""
     g = torch.Generator().manual_seed(4)
     x = torch.randn(M, K, generator=g) * torch.rand(1, K, generator=g) * 3  # uneven block ranges
     q8 = torch.randint(-128, 128, (N, K), dtype=torch.int8, generator=g)
@@ -130,8 +130,24 @@ def test_rounded_activation_linears_match_reference(native, bits, M, N, K, dtype
         ref8 = reference.int8_linear(x, q8, scales, act_bits=bits)
         assert_matches_reference(kernels.int8_linear(x, q8, scales, bits), ref8)
         assert_matches_reference(kernels.int8_linear(x, reference.pack_int8_groups(q8), scales, bits), ref8)
-        if M >= reference.GEMM_MIN_ROWS:
-            assert_matches_reference(y, reference.int4_linear(x, *weights))
+
+
+@pytest.mark.parametrize("bits", [16, 8])
+def test_rounded_activations_stop_at_many_rows(native, bits):
+    """From QACT_MAX_ROWS rows of x on (long prompts, perplexity windows) the products are the exact fp32
+    product with the dequantized weight whatever act_bits says; below, the rounded one."""
+    g = torch.Generator().manual_seed(5)
+    N, K = 37, 96
+    weights = random_int4(N, K, 32, torch.float16)
+    for M in (reference.QACT_MAX_ROWS - 1, reference.QACT_MAX_ROWS):
+        x = torch.randn(M, K, generator=g)
+        y = kernels.int4_linear(x, *weights, bits)
+        assert_matches_reference(y, reference.int4_linear(x, *weights, act_bits=bits))
+        exact = reference.int4_linear(x, *weights)
+        if M >= reference.QACT_MAX_ROWS:
+            assert_matches_reference(y, exact)
+        elif bits == 8:  # one int8 plane is visibly rounded
+            assert (y - exact).abs().max() > 1e-3 * exact.abs().max()
 
 
 def test_round_activations_error_bounds():

@@ -34,7 +34,8 @@ namespace {
 
 using namespace lmforge_qact;
 
-constexpr int64_t MAX_ROWS = 4;  // activation rows per pass over the weights
+constexpr int64_t MAX_ROWS = 4;         // activation rows per pass over a tile's weights
+constexpr int64_t PANEL_BYTES = 65536;  // weight bytes per task (in L2), read by every pass of the rows of x
 
 template <int MR, bool TWO, typename Rows>
 void gemv(const Rows& w, const QRow* xr, float* y, int64_t N, int64_t bytes_per_row) {
@@ -42,20 +43,46 @@ void gemv(const Rows& w, const QRow* xr, float* y, int64_t N, int64_t bytes_per_
   parallel_tiles<R>(N, bytes_per_row, [&](int64_t n0, auto rows) { dot_tile<decltype(rows)::value, MR, TWO>(w, n0, xr, y, N); });
 }
 
+// Weight rows n_begin .. n_end - 1 against MR activation rows: whole tiles, then single rows.
+template <int MR, bool TWO, typename Rows>
+void panel(const Rows& w, int64_t n_begin, int64_t n_end, const QRow* xr, float* y, int64_t N) {
+  constexpr int R = tile_rows<Rows, MR, TWO>();
+  int64_t n0 = n_begin;
+  for (; n0 + R <= n_end; n0 += R) dot_tile<R, MR, TWO>(w, n0, xr, y, N);
+  for (; n0 < n_end; ++n0) dot_tile<1, MR, TWO>(w, n0, xr, y, N);
+}
+
+// y [M, N]. Up to MAX_ROWS rows: one pass over the weights. More (a prompt): each task takes a panel
+// of weight rows that stays in cache and runs all the rows of x past it, MAX_ROWS at a time, so that
+// the weights are read from memory once (the rounded rows, 2-4 bytes a value, come from L2 / L3).
 template <bool TWO, typename Rows>
 void gemv_rows(const Rows& w, const float* x, float* y, int64_t M, int64_t N, int64_t K, int64_t bytes_per_row) {
   RoundedRows rounded;
-  rounded.round(x, M, K, TWO, w.grouped());
-  for (int64_t m0 = 0; m0 < M; m0 += MAX_ROWS) {
+  rounded.reserve(M, K, TWO);
+  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) { rounded.round_rows(x, m0, m1, K, TWO, w.grouped()); });
+  auto rows = [&](int64_t m0, auto pass) {
     const QRow* xr = rounded.rows.data() + m0;
-    float* ym = y + m0 * N;
     switch (std::min(MAX_ROWS, M - m0)) {
-      case 1: gemv<1, TWO>(w, xr, ym, N, bytes_per_row); break;
-      case 2: gemv<2, TWO>(w, xr, ym, N, bytes_per_row); break;
-      case 3: gemv<3, TWO>(w, xr, ym, N, bytes_per_row); break;
-      default: gemv<4, TWO>(w, xr, ym, N, bytes_per_row); break;
+      case 1: pass(std::integral_constant<int, 1>{}, xr, y + m0 * N); break;
+      case 2: pass(std::integral_constant<int, 2>{}, xr, y + m0 * N); break;
+      case 3: pass(std::integral_constant<int, 3>{}, xr, y + m0 * N); break;
+      default: pass(std::integral_constant<int, 4>{}, xr, y + m0 * N); break;
     }
+  };
+  if (M <= MAX_ROWS) {
+    rows(0, [&](auto mr, const QRow* xr, float* ym) { gemv<decltype(mr)::value, TWO>(w, xr, ym, N, bytes_per_row); });
+    return;
   }
+  const int64_t per_thread = 4 * at::get_num_threads();  // panels, at least, for an even split
+  const int64_t fit = std::min(PANEL_BYTES / bytes_per_row, (N + per_thread - 1) / per_thread);
+  const int64_t panel_rows = std::max<int64_t>(4, fit / 4 * 4);  // a multiple of every tile's rows
+  at::parallel_for(0, (N + panel_rows - 1) / panel_rows, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n_begin = p * panel_rows, n_end = std::min(N, n_begin + panel_rows);
+      for (int64_t m0 = 0; m0 < M; m0 += MAX_ROWS)
+        rows(m0, [&](auto mr, const QRow* xr, float* ym) { panel<decltype(mr)::value, TWO>(w, n_begin, n_end, xr, ym, N); });
+    }
+  });
 }
 
 template <typename Rows>
