@@ -166,6 +166,23 @@ def test_cli_compare_writes_one_json(capsys, tmp_path, stories):
     assert "accuracy" in capsys.readouterr().out
 
 
+def test_cli_scores_quantized_weights_with_fp32_activations_by_default(tmp_path, stories):
+    """--act-bits 32 is eval's default: a quantized model's scores are those of its dequantized weights;
+    --act-bits 16 rounds the activations as `lmforge run` does (the fp32 model is not affected)."""
+    data = str(EXAMPLE_TASK / "last_word.jsonl")
+    reports = {}
+    for bits in (None, "16"):
+        out = tmp_path / f"act{bits}.json"
+        extra = ["--act-bits", bits] if bits else []
+        assert main(["eval", "--model", str(stories), "--task", "lambada", "--data", data,
+                     "--compare", "none,int8", "--output-json", str(out), *extra]) == 0
+        reports[bits] = json.loads(out.read_text())
+    assert reports[None]["settings"]["act_bits"] == 32 and reports["16"]["settings"]["act_bits"] == 16
+    fp32, int8 = ({bits: r["models"][i]["scores"]["perplexity"] for bits, r in reports.items()} for i in (0, 1))
+    assert fp32[None] == fp32["16"]
+    assert int8[None] != int8["16"] and int8[None] == pytest.approx(int8["16"], rel=1e-3)
+
+
 # -------------------------------------------------------------------------------- lm-eval adapter
 @pytest.fixture(scope="module")
 def harness():

@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
     e.add_argument("--limit", type=int, default=None, help="lambada/harness: only the first N examples (of each task)")
     e.add_argument("--num-fewshot", type=int, default=None, help="harness: few-shot examples per prompt")
     e.add_argument("--include-path", metavar="DIR", default=None, help="harness: a folder of extra task yaml files")
+    e.add_argument("--act-bits", type=int, choices=(32, 16, 8), default=32,
+                   help="how the native kernels of quantized weights take activations: 32 (default: fp32, scores "
+                        "are exactly those of the dequantized weights), 16 or 8 (rounded as lmforge run rounds them)")
     e.add_argument("--batch-size", type=int, default=None,
                    help="sequences per forward pass (default: 1 for perplexity, 8 otherwise)")
     e.add_argument("--compare", metavar="LIST", default=None,
@@ -99,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
     variants = (parse_compare(args.compare, args.model) if args.compare
                 else [Variant(args.model or DEFAULT_MODEL, args.model, None)])
     outcomes = run_variants(variants, evaluate, lambda v: load_llm(v.model, args.dtype, args.device,
-                                                                    args.threads, v.quantize))
+                                                                    args.threads, v.quantize, args.act_bits))
     print(format_table(outcomes))
     if args.output_json:
-        settings.update(dtype=args.dtype, device=args.device)
+        settings.update(dtype=args.dtype, device=args.device, act_bits=args.act_bits)
         write_json(args.output_json, report(task, settings, outcomes))
     return 0

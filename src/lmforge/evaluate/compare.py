@@ -13,13 +13,14 @@ from ..errors import LmforgeError
 from ..loader import ALIASES
 
 
-def load_llm(model, dtype="float32", device="cpu", threads=None, quantize: str | None = None):
+def load_llm(model, dtype="float32", device="cpu", threads=None, quantize: str | None = None, act_bits: int = 32):
     """An lmforge.LLM, quantized at load time with `quantize` (a scheme name such as int8) unless it is
-    None, "" or "none"."""
+    None, "" or "none". act_bits 32 (the default here): quantized weights score with fp32 activations,
+    the exact product of the dequantized weights (see LLM's act_bits)."""
     from ..api import LLM
 
     quantize = None if quantize in ("", "none") else quantize
-    return LLM(model, dtype=dtype, device=device, threads=threads, quantize=quantize)
+    return LLM(model, dtype=dtype, device=device, threads=threads, quantize=quantize, act_bits=act_bits)
 
 
 @dataclass(frozen=True)

@@ -85,15 +85,16 @@ def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
 @register_model("lmforge")
 class LmforgeLM(TemplateLM):
     """An lmforge model for lm-eval. Model args: pretrained (HF folder, .gguf file or alias), dtype,
-    device, quantize, threads, batch_size, max_length; `llm` passes an already loaded lmforge.LLM."""
+    device, quantize, threads, batch_size, max_length, act_bits (32: exact scoring); `llm` passes an already
+    loaded lmforge.LLM."""
 
     def __init__(self, pretrained: str | None = None, dtype: str = "float32", device: str | None = None,
                  quantize: str | None = None, threads: int | None = None, batch_size=DEFAULT_BATCH_SIZE,
-                 max_batch_size: int | None = None, max_length: int | None = None, llm=None):
+                 max_batch_size: int | None = None, max_length: int | None = None, llm=None, act_bits=32):
         super().__init__()
         if llm is None:
             llm = load_llm(pretrained, dtype=dtype, device=pick_device(device),
-                           threads=int(threads) if threads else None, quantize=quantize)
+                           threads=int(threads) if threads else None, quantize=quantize, act_bits=int(act_bits))
         self.llm = llm
         self.tokenizer = llm.tokenizer
         self._device = llm.device
