@@ -3,7 +3,7 @@ phase's wall time (thread 0's view, barrier to barrier) over a run of steps on r
 a random KV cache of the given length. The numbers in RESULTS.md's phase tables come from here.
 
     python benchmarks/profile_step.py [--model smollm2-135m-instruct] [--batch 1] [--context 40]
-                                      [--act-bits 16] [--steps 200] [--threads 2]
+                                      [--act-bits 16] [--kv-dtype float32] [--steps 200] [--threads 2]
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--context", type=int, default=40, help="cache slots visible to the step")
     ap.add_argument("--act-bits", type=int, default=16, choices=(8, 16))
+    ap.add_argument("--kv-dtype", default="float32", choices=("float32", "float16"), help="the KV cache's dtype")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -37,6 +38,7 @@ def main():
     B, L, g = args.batch, args.context, torch.Generator().manual_seed(0)
     k = torch.randn(len(model.layers), B, attn.n_kv, L + 8, attn.hd, generator=g) * 0.1
     v = torch.randn(k.shape, generator=g)
+    k, v = k.to(getattr(torch, args.kv_dtype)), v.to(getattr(torch, args.kv_dtype))
     x = torch.randn(B, model.cfg.dim, generator=g) * 0.1
     cos, sin = torch.randn(B, 1, 1, attn.hd, generator=g).cos(), torch.randn(B, 1, 1, attn.hd, generator=g).sin()
     mask = torch.ones(B, 1, 1, L, dtype=torch.bool)
@@ -49,7 +51,7 @@ def main():
         plan.step(x, cos, sin, k, v, L - 1, mask)
     step = (time.perf_counter() - start) / args.steps
     phases = [s / args.steps for s in plan.phase_seconds()]
-    print(f"batch {B}, {L} slots, act-bits {args.act_bits}: step {step * 1e3:.2f} ms")
+    print(f"batch {B}, {L} slots, act-bits {args.act_bits}, {args.kv_dtype} KV cache: step {step * 1e3:.2f} ms")
     for name, s in zip(PHASES, phases):
         print(f"  {name:18s} {s * 1e3:6.2f} ms")
 

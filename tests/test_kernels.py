@@ -194,7 +194,8 @@ def test_silu_mul_matches_reference(native):
     (2, 1, 9, 3, 64, 64, 150, False),  # several parts of 32 slots, merged
     (1, 2, 4, 2, 24, 8, 70, True),     # parts with hd not a multiple of 8
 ])
-def test_attention_decode_matches_reference(native, B, S, H, KV, hd, rd, L, interleaved):
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
+def test_attention_decode_matches_reference(native, B, S, H, KV, hd, rd, L, interleaved, cache_dtype):
     g = torch.Generator().manual_seed(6)
     qkv = torch.randn(B, S, H + 2 * KV, hd, generator=g)
     if rd:
@@ -202,7 +203,8 @@ def test_attention_decode_matches_reference(native, B, S, H, KV, hd, rd, L, inte
         cos, sin = torch.cat((f.cos(), f.cos()), -1), torch.cat((-f.sin(), f.sin()), -1)
     else:
         cos = sin = torch.empty(0)
-    k, v = torch.randn(B, KV, L + 4, hd, generator=g), torch.randn(B, KV, L + 4, hd, generator=g)
+    k = torch.randn(B, KV, L + 4, hd, generator=g).to(cache_dtype)
+    v = torch.randn(B, KV, L + 4, hd, generator=g).to(cache_dtype)
     k2, v2 = k.clone(), v.clone()
     slots = torch.arange(L - S, L)
     mask = torch.rand(B, 1, S, L, generator=g) > 0.3
@@ -211,7 +213,7 @@ def test_attention_decode_matches_reference(native, B, S, H, KV, hd, rd, L, inte
     ref = reference.attention_decode(qkv, cos, sin, k2, v2, slots, mask, H, KV, 0.125, interleaved)
     assert y.shape == (B, S, H * hd)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
-    assert torch.equal(k, k2) and torch.equal(v, v2)  # the caches were written the same way
+    assert torch.equal(k, k2) and torch.equal(v, v2)  # the caches were written the same way (fp16: rounded alike)
 
 
 def test_attention_decode_parts_without_visible_slots(native):

@@ -88,6 +88,17 @@ def test_long_context_split_attention(llama_path, quantize):
     assert_same_step(decode_both(llm, prompts, steps=3))
 
 
+def test_fp16_kv_cache(llama_path):
+    """An fp16 KV cache (kv_cache_dtype): the native step and the op-by-op path read and write it alike,
+    and the logits stay close to those with the fp32 cache."""
+    prompts = [list(range(3, 103)), list(range(5, 40))]  # split attention, masked parts
+    half = decode_both(LLM(llama_path, quantize="int4", kv_cache_dtype="float16"), prompts, steps=3)
+    assert half["native"][1].k.dtype == half["ops"][1].v.dtype == torch.float16
+    assert_same_step(half)
+    full = decode_both(LLM(llama_path, quantize="int4"), prompts, steps=3)["native"][0]
+    assert (half["native"][0] - full).abs().max() <= 1e-2 * full.abs().max()
+
+
 @pytest.mark.parametrize("act_bits", [16, 8])
 def test_biases_gqa_and_a_tied_head(qwen2_path, act_bits):
     llm = LLM(qwen2_path, quantize="int8", act_bits=act_bits)

@@ -25,7 +25,7 @@ class LLM:
     def __init__(self, model: str | Path | None = None, dtype: str | torch.dtype = "float32",
                  device: str | torch.device = "cpu", threads: int | None = None, quantize=None,
                  adapters=None, merge_adapters: bool = True, dequantize: bool = False,
-                 act_bits: int = DEFAULT_ACT_BITS):
+                 act_bits: int = DEFAULT_ACT_BITS, kv_cache_dtype: str | torch.dtype | None = None):
         """quantize: RTN at load time, "int8" | "int4" | "int4-g128" | "int4-g64-asym" | "fp8" (see
         lmforge.quant.parse_quantize); a folder written by `lmforge quantize` needs nothing.
         adapters: PEFT LoRA folder(s) (a path, a list, or {name: path}); merged into the weights
@@ -36,7 +36,9 @@ class LLM:
         prompts under 1,024 tokens; longer inputs always multiply in fp32): 16 (default) rounds them
         per 32 values to two int8 planes (~15 bits, logits within ~0.02 of fp32), 8 to one (llama.cpp's
         rounding: faster, top-1 tokens differ a few % of the time), 32 keeps fp32 (the exact
-        dequantized-weight product, slowest)."""
+        dequantized-weight product, slowest).
+        kv_cache_dtype: the KV cache's dtype (default: `dtype`); "float16" under fp32 activations halves
+        what attention reads at long context, the keys and values rounded to fp16 as they are stored."""
         if threads:
             torch.set_num_threads(threads)
         self.dtype, self.device = parse_dtype(dtype), parse_device(device)
@@ -53,7 +55,8 @@ class LLM:
                 quantize_on_load(self.model, quantize, self.source)
         set_activation_bits(self.model, act_bits)
         self.config = self.model.cfg
-        self.engine = Engine(self.model, self.device, self.dtype)
+        self.engine = Engine(self.model, self.device, self.dtype,
+                             parse_dtype(kv_cache_dtype) if kv_cache_dtype is not None else None)
         self._speculators: dict = {}
         self.speculation = None  # SpecStats of the last generation with a draft
 

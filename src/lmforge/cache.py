@@ -18,11 +18,12 @@ class StaticKVCache:
         self._views: tuple | None = None  # (self.k they were made from, per-layer (k, v) views)
 
     def update(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: int):
-        """Write k, v [B, KV, S, hd] at `slots` [S]; return the first kv_len slots of the cache."""
+        """Write k, v [B, KV, S, hd] at `slots` [S]; return the first kv_len slots of the cache, in k's
+        dtype (a cache of another dtype, fp16 under fp32 activations, is converted on the way)."""
         ck, cv = self.k[layer], self.v[layer]
-        ck.index_copy_(2, slots, k)
-        cv.index_copy_(2, slots, v)
-        return ck[:, :, :kv_len], cv[:, :, :kv_len]
+        ck.index_copy_(2, slots, k.to(ck.dtype))
+        cv.index_copy_(2, slots, v.to(cv.dtype))
+        return ck[:, :, :kv_len].to(k.dtype), cv[:, :, :kv_len].to(v.dtype)
 
     def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer's key and value buffers [B, KV, max_len, hd] (contiguous), for kernels that write

@@ -35,6 +35,8 @@ def _generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--act-bits", type=int, choices=(32, 16, 8), default=16,
                    help="how the native kernels of quantized weights take activations (decode steps, prompts under "
                         "1,024 tokens): 16 (default, ~15 bits), 8 (llama.cpp's int8 rounding, fastest) or 32 (fp32, exact)")
+    p.add_argument("--kv-cache-dtype", default=None, choices=("float32", "float16", "bfloat16"),
+                   help="the KV cache's dtype (default: --dtype); float16 halves what attention reads at long context")
     p.add_argument("--adapter", default=None, metavar="DIR",
                    help="a PEFT LoRA adapter folder, merged into the weights at load")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
@@ -166,7 +168,8 @@ def cmd_generate(args) -> int:
         from .bench.report import check_writable
         check_writable(args.output, "--output")
     llm = LLM(args.model, dtype=args.dtype, device=args.device, threads=args.threads, quantize=args.quantize,
-              adapters=args.adapter, dequantize=args.dequantize, act_bits=args.act_bits)
+              adapters=args.adapter, dequantize=args.dequantize, act_bits=args.act_bits,
+              kv_cache_dtype=args.kv_cache_dtype)
     spec = llm.speculator(draft, args.speculate_k) if draft else None
     batched = sourced is not None or args.output or args.batch_size != 1 or args.bucket_size
     stream = not batched and (args.stream if args.stream is not None else kw.get("num_beams", 1) == 1)
@@ -201,7 +204,8 @@ def cmd_chat(args) -> int:
     kw = generation_kwargs(args)
     stream = args.stream if args.stream is not None else kw.get("num_beams", 1) == 1
     llm = LLM(args.model, dtype=args.dtype, device=args.device, threads=args.threads, quantize=args.quantize,
-              adapters=args.adapter, dequantize=args.dequantize, act_bits=args.act_bits)
+              adapters=args.adapter, dequantize=args.dequantize, act_bits=args.act_bits,
+              kv_cache_dtype=args.kv_cache_dtype)
     history = [{"role": "system", "content": args.system}] if args.system else []
 
     def reply(user: str) -> str:

@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
     b.add_argument("--act-bits", type=int, choices=(32, 16, 8), default=16,
                    help="how the native kernels of quantized weights take decode activations: 16 (default, ~15 bits), "
                         "8 (llama.cpp's int8 rounding, fastest) or 32 (fp32, exact)")
+    b.add_argument("--kv-cache-dtype", default=None, choices=("float32", "float16", "bfloat16"),
+                   help="the KV cache's dtype (default: --dtype); float16 halves what attention reads at long context")
     b.add_argument("--input-tokens", "-p", type=int, nargs="+", default=[512], metavar="N",
                    help="prompt lengths in tokens (default 512)")
     b.add_argument("--max-new-tokens", "-n", type=int, nargs="+", default=[128], metavar="N",
@@ -127,12 +129,12 @@ def run(args: argparse.Namespace) -> int:
                            "drop one of them")
     _progress(f"loading {args.model or 'the default model'}")
     llm = LLM(args.model, dtype=args.dtype, device=device, threads=args.threads, quantize=args.quantize,
-              dequantize=args.dequantize, act_bits=args.act_bits)
+              dequantize=args.dequantize, act_bits=args.act_bits, kv_cache_dtype=args.kv_cache_dtype)
     if prompts is not None:
         return run_dataset(llm, prompts, args, settings)
     runner.check_context(cases, llm.config.max_seq_len)
     env = environment(llm.device, llm.dtype, quantization_label(llm, args), decode_step_label(llm),
-                      kernels_label(llm))
+                      kernels_label(llm), llm.engine.kv_dtype)
     speculator = llm.speculator(draft, args.speculate_k) if draft else None
     results = runner.run_bench(llm, cases, settings, env, roof, tuple(dict.fromkeys(args.compare)), _progress,
                                speculator=speculator, draft=draft)

@@ -58,7 +58,7 @@ def git_commit() -> str | None:
 
 
 def environment(device: torch.device, dtype: torch.dtype, quantization, decode_step: str | None = None,
-                kernels: str | None = None) -> dict:
+                kernels: str | None = None, kv_dtype: torch.dtype | None = None) -> dict:
     """What a reader needs to reproduce (or distrust) a number."""
     from .. import __version__
 
@@ -76,6 +76,7 @@ def environment(device: torch.device, dtype: torch.dtype, quantization, decode_s
         "device": str(device),
         "gpu": gpu_name(device),
         "dtype": str(dtype).removeprefix("torch."),
+        "kv_cache_dtype": str(kv_dtype or dtype).removeprefix("torch."),
         "quantization": quantization,
         "decode_step": decode_step,
         "kernels": kernels,

@@ -63,7 +63,8 @@ def header_lines(results: list[dict]) -> list[str]:
         if env["git_commit"] else ""
     lines = [
         f"model: {model['source']} ({model['architecture']}, {model['parameters']:,} parameters, "
-        f"{model['bytes'] / MiB:,.1f} MiB of weights as loaded, {env['dtype']} activations; "
+        f"{model['bytes'] / MiB:,.1f} MiB of weights as loaded, {env['dtype']} activations, "
+        f"{env.get('kv_cache_dtype', env['dtype'])} KV cache; "
         f"quantization: {env['quantization'] or 'none'})",
         f"decode step: {env.get('decode_step') or 'not recorded'}"
         + (f"; kernels: {env['kernels']}" if env.get("kernels") else ""),

@@ -35,8 +35,10 @@ class Prompts:
 
 
 class Engine:
-    def __init__(self, model: Transformer, device: torch.device, dtype: torch.dtype):
+    def __init__(self, model: Transformer, device: torch.device, dtype: torch.dtype,
+                 kv_dtype: torch.dtype | None = None):
         self.model, self.device, self.dtype = model, device, dtype
+        self.kv_dtype = kv_dtype or dtype  # the KV cache's (fp16 halves what attention reads)
         self.cfg: ModelConfig = model.cfg
         self._plan: tuple = (None, None, "not built")  # (model signature, DecodePlan or None, why not)
 
@@ -45,7 +47,8 @@ class Engine:
         """The model's logits; a one-token step with a native ``plan`` (see native_plan) runs in it."""
         with torch.inference_mode():
             if (plan is not None and tokens.shape[1] == 1 and last_only and batch.mask.dtype == torch.bool
-                    and cache is not None and cache.k.is_contiguous() and cache.k.dtype == torch.float32):
+                    and cache is not None and cache.k.is_contiguous()
+                    and cache.k.dtype in (torch.float32, torch.float16)):
                 return self.model.decode_native(plan, tokens, batch, cache)
             return self.model(tokens, batch, cache, last_only=last_only)
 
@@ -87,7 +90,7 @@ class Engine:
         return min(max_new_tokens, ctx - longest)
 
     def new_cache(self, batch_size: int, max_len: int) -> StaticKVCache:
-        return StaticKVCache(self.cfg, batch_size, max_len, self.dtype, self.device)
+        return StaticKVCache(self.cfg, batch_size, max_len, self.kv_dtype, self.device)
 
     def _window(self, mask: torch.Tensor, q_slots: torch.Tensor, L: int) -> torch.Tensor:
         if self.cfg.sliding_window is None:

@@ -163,7 +163,8 @@ def attention_decode(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_
                      scale: float, interleaved: bool) -> torch.Tensor:
     """Rope q and k, write k and v into the caches at ``slots``, attend over the first L slots.
     qkv [B, S, H + 2 KV, hd]; cos, sin [B, S, 1, rd] (or empty); caches [B, KV, Lmax, hd]; mask bool
-    [B, 1, S, L] -> [B, S, H * hd]. A query with nothing to attend to gets zeros."""
+    [B, 1, S, L] -> [B, S, H * hd]. A query with nothing to attend to gets zeros. fp16 caches hold the
+    keys and values rounded to fp16; the attention is computed in fp32 from them."""
     B, S, _, hd = qkv.shape
     H, KV = n_heads, n_kv_heads
     qk, v = qkv[:, :, :H + KV], qkv[:, :, H + KV:]
@@ -175,12 +176,12 @@ def attention_decode(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_
         else:
             partner = rot.unflatten(-1, (2, rd // 2)).flip(-2).flatten(-2)
         qk = torch.cat((rot * cos + partner * sin, qk[..., rd:]), dim=-1)
-    k_cache.index_copy_(2, slots, qk[:, :, H:].transpose(1, 2))
-    v_cache.index_copy_(2, slots, v.transpose(1, 2))
+    k_cache.index_copy_(2, slots, qk[:, :, H:].transpose(1, 2).to(k_cache.dtype))
+    v_cache.index_copy_(2, slots, v.transpose(1, 2).to(v_cache.dtype))
     L = mask.shape[-1]
     q = qk[:, :, :H].transpose(1, 2)                                   # [B, H, S, hd]
-    k = k_cache[:, :, :L].repeat_interleave(H // KV, dim=1)           # [B, H, L, hd]
-    vv = v_cache[:, :, :L].repeat_interleave(H // KV, dim=1)
+    k = k_cache[:, :, :L].float().repeat_interleave(H // KV, dim=1)   # [B, H, L, hd]
+    vv = v_cache[:, :, :L].float().repeat_interleave(H // KV, dim=1)
     scores = (q @ k.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~mask, float("-inf"))
     p = torch.softmax(scores, dim=-1).nan_to_num(0.0)

@@ -1,6 +1,7 @@
 // The pieces of attention.cpp's decode attention, shared with decode_step.cpp: the rotation of one head
 // (rope), one query head's softmax attention over the cached keys and values, and the same split in
-// parts over the slots for a group of query heads (attend_part, merge_parts).
+// parts over the slots for a group of query heads (attend_part, merge_parts). The cache holds fp32 or
+// fp16 values (T = float or c10::Half, widened in registers; store_row writes a row in either).
 #pragma once
 
 #include <immintrin.h>
@@ -16,21 +17,34 @@
 namespace lmforge_attn {
 
 using lmforge_simd::hsum;
+using lmforge_simd::load8;
+using lmforge_simd::to_float;
 
-inline float dot(const float* a, const float* b, int64_t n) {
+template <typename T>
+inline float dot(const float* a, const T* b, int64_t n) {
   __m256 acc = _mm256_setzero_ps();
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8(b + i), acc);
   float s = hsum(acc);
-  for (; i < n; ++i) s += a[i] * b[i];
+  for (; i < n; ++i) s += a[i] * to_float(b[i]);
   return s;
 }
 
-inline void axpy(float p, const float* x, float* y, int64_t n) {  // y += p * x
+template <typename T>
+inline void axpy(float p, const T* x, float* y, int64_t n) {  // y += p * x
   const __m256 pv = _mm256_set1_ps(p);
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(pv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; ++i) y[i] += p * x[i];
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(pv, load8(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += p * to_float(x[i]);
+}
+
+// dst [n] = src, rounded to fp16 for an fp16 cache (round to nearest even, as torch's conversion)
+inline void store_row(const float* src, float* dst, int64_t n) { std::copy(src, src + n, dst); }
+inline void store_row(const float* src, c10::Half* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+  for (; i < n; ++i) dst[i] = c10::Half(src[i]);
 }
 
 // dst = src rotated: channel i < rd becomes src[i] * cos[i] + src[partner(i)] * sin[i]; the rest is
@@ -47,12 +61,13 @@ inline void rotate(const float* src, float* dst, const float* cs, const float* s
 
 // Scores of 8 keys at once: q . k_l for l = 0..7 (keys kb [8, hd], hd a multiple of 8), one accumulator
 // per key so that the 8 dependency chains overlap, then reduced into one vector (lane l = key l).
-inline __m256 scores8(const float* q, const float* kb, int64_t hd) {
+template <typename T>
+inline __m256 scores8(const float* q, const T* kb, int64_t hd) {
   __m256 a[8];
   for (int l = 0; l < 8; ++l) a[l] = _mm256_setzero_ps();
   for (int64_t i = 0; i < hd; i += 8) {
     const __m256 qv = _mm256_loadu_ps(q + i);
-    for (int l = 0; l < 8; ++l) a[l] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kb + l * hd + i), a[l]);
+    for (int l = 0; l < 8; ++l) a[l] = _mm256_fmadd_ps(qv, load8(kb + l * hd + i), a[l]);
   }
   const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
   const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
@@ -61,20 +76,21 @@ inline __m256 scores8(const float* q, const float* kb, int64_t hd) {
 }
 
 // out [C * 8] += p_l * v_l over the keys with p_l != 0, with the C accumulators in registers.
-template <int C>
-inline void weighted_sum(const float* p, const float* vb, int64_t L, int64_t hd, float* out) {
+template <int C, typename T>
+inline void weighted_sum(const float* p, const T* vb, int64_t L, int64_t hd, float* out) {
   __m256 acc[C];
   for (int c = 0; c < C; ++c) acc[c] = _mm256_loadu_ps(out + 8 * c);
   for (int64_t l = 0; l < L; ++l) {
     if (p[l] == 0.f) continue;  // masked slots
     const __m256 pv = _mm256_set1_ps(p[l]);
-    for (int c = 0; c < C; ++c) acc[c] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vb + l * hd + 8 * c), acc[c]);
+    for (int c = 0; c < C; ++c) acc[c] = _mm256_fmadd_ps(pv, load8(vb + l * hd + 8 * c), acc[c]);
   }
   for (int c = 0; c < C; ++c) _mm256_storeu_ps(out + 8 * c, acc[c]);
 }
 
 // out [hd] += sum over l < L of p_l v_l (vb [L, hd]), skipping the slots with p_l = 0.
-inline void add_weighted(const float* p, const float* vb, int64_t L, int64_t hd, float* out) {
+template <typename T>
+inline void add_weighted(const float* p, const T* vb, int64_t L, int64_t hd, float* out) {
   if (hd % 8) {
     for (int64_t l = 0; l < L; ++l) {
       if (p[l] != 0.f) axpy(p[l], vb + l * hd, out, hd);
@@ -139,7 +155,8 @@ inline int64_t part_count(int64_t L) { return std::max<int64_t>(1, (L + PART - 1
 // merge_parts).
 // The keys and values are read from memory once for all G heads (a part of PART slots stays in L1).
 // p: scratch of G * (l1 - l0) floats.
-inline void attend_part(const float* q, int64_t G, const float* kb, const float* vb, const bool* mask,
+template <typename T>
+inline void attend_part(const float* q, int64_t G, const T* kb, const T* vb, const bool* mask,
                         int64_t mstride, int64_t l0, int64_t l1, int64_t hd, float scale, float* part, int64_t step,
                         float* p) {
   const int64_t n = l1 - l0;
@@ -154,7 +171,7 @@ inline void attend_part(const float* q, int64_t G, const float* kb, const float*
       // blocks ahead, and for these slots' values, which the weighted sum reads after the softmax
       const char* kf = reinterpret_cast<const char*>(kb + std::min(l + 16, n - 1) * hd);
       const char* vf = reinterpret_cast<const char*>(vb + l * hd);
-      for (int64_t off = 0; off < 8 * hd * 4; off += 64) {
+      for (int64_t off = 0; off < 8 * hd * static_cast<int64_t>(sizeof(T)); off += 64) {
         _mm_prefetch(kf + off, _MM_HINT_T0);
         _mm_prefetch(vf + off, _MM_HINT_T1);
       }
@@ -199,7 +216,8 @@ inline int64_t attend_scratch(int64_t L, int64_t hd) { return PART + part_count(
 
 // out [hd] = softmax(q . k_l * scale over the slots l < L with mask[l * mstride]) weighted sum of v_l,
 // for keys kb and values vb [L, hd]; zeros when no slot is visible. scratch: attend_scratch(L, hd) floats.
-inline void attend(const float* q, const float* kb, const float* vb, const bool* mask, int64_t mstride, int64_t L,
+template <typename T>
+inline void attend(const float* q, const T* kb, const T* vb, const bool* mask, int64_t mstride, int64_t L,
                    int64_t hd, float scale, float* out, float* scratch) {
   const int64_t C = part_count(L), stride = hd + 2;
   float* parts = scratch + PART;

@@ -20,7 +20,7 @@
 // DecodePlan (a torch custom class, torch.classes.lmforge.DecodePlan) is built once per model from its
 // tensors (see lmforge/models/native_step.py), and holds references to them, not copies.
 //
-//   step(x [B, D] fp32, cos/sin [B, 1, 1, rd] fp32 or empty, k_cache/v_cache [layers, B, KV, Lmax, hd] fp32,
+//   step(x [B, D] fp32, cos/sin [B, 1, 1, rd] fp32 or empty, k_cache/v_cache [layers, B, KV, Lmax, hd] fp32 or fp16,
 //        slot, mask bool [B, 1, 1, L]) -> logits [B, V] fp32
 //   writes the new keys (rotated) and values at `slot` of every layer's cache.
 #include <ATen/ATen.h>
@@ -308,8 +308,9 @@ class DecodePlan : public torch::CustomClassHolder {
     const int64_t B = x.size(0), NL = static_cast<int64_t>(layers_.size());
     for (const at::Tensor* c : {&k_cache, &v_cache}) {
       TORCH_CHECK(c->dim() == 5 && c->size(0) == NL && c->size(1) == B && c->size(2) == KV_ && c->size(4) == hd_ &&
-                      c->scalar_type() == at::kFloat && c->is_contiguous(),
-                  "DecodePlan.step: the caches must be contiguous fp32 [layers, B, KV, Lmax, hd]");
+                      (c->scalar_type() == at::kFloat || c->scalar_type() == at::kHalf) &&
+                      c->scalar_type() == k_cache.scalar_type() && c->is_contiguous(),
+                  "DecodePlan.step: the caches must be contiguous fp32 or fp16 [layers, B, KV, Lmax, hd], both alike");
     }
     const int64_t Lmax = k_cache.size(3);
     TORCH_CHECK(slot >= 0 && slot < Lmax, "DecodePlan.step: slot ", slot, " is outside the cache");
@@ -323,7 +324,16 @@ class DecodePlan : public torch::CustomClassHolder {
                   "DecodePlan.step: cos and sin must be fp32 [B, 1, 1, rd] with an even rd <= head_dim");
     }
     const at::Tensor cs = cos.contiguous(), sn = sin.contiguous();
+    if (k_cache.scalar_type() == at::kHalf)
+      return run_step(x, cs, sn, k_cache.data_ptr<at::Half>(), v_cache.data_ptr<at::Half>(), Lmax, slot, mask, rd);
+    return run_step(x, cs, sn, k_cache.data_ptr<float>(), v_cache.data_ptr<float>(), Lmax, slot, mask, rd);
+  }
 
+  // The step, the caches of element type T (float or at::Half: the new rows rounded to it when written).
+  template <typename T>
+  at::Tensor run_step(const at::Tensor& x, const at::Tensor& cs, const at::Tensor& sn, T* kc, T* vc, int64_t Lmax,
+                      int64_t slot, const at::Tensor& mask, int64_t rd) {
+    const int64_t B = x.size(0), NL = static_cast<int64_t>(layers_.size()), L = mask.size(3);
     const int64_t heads = H_ + 2 * KV_, V = lins_[head_].N;
     int64_t widest = std::max(D_, H_ * hd_), nmax = D_;
     for (const Lin& l : lins_) {
@@ -345,8 +355,6 @@ class DecodePlan : public torch::CustomClassHolder {
     float* out = logits.data_ptr<float>();
     const float* cp = rd ? cs.data_ptr<float>() : nullptr;
     const float* sp = rd ? sn.data_ptr<float>() : nullptr;
-    float* kc = k_cache.data_ptr<float>();
-    float* vc = v_cache.data_ptr<float>();
     const bool* mk = mask.data_ptr<bool>();
     const int64_t ms0 = mask.stride(0), ms3 = mask.stride(3), layer_stride = B * KV_ * Lmax * hd_;
     const bool two = act_bits_ == 16;
@@ -365,7 +373,7 @@ class DecodePlan : public torch::CustomClassHolder {
 #pragma omp parallel num_threads(threads)
     {
       const Team t{omp_get_thread_num(), omp_get_num_threads()};
-      std::vector<float> qrot(G * hd_), p(G * lmforge_attn::PART);
+      std::vector<float> qrot(G * hd_), p(G * lmforge_attn::PART), krot(hd_);
       auto split = [&](int64_t grp) { return t.owner(tasks, grp * C) != t.owner(tasks, (grp + 1) * C - 1); };
       auto clock = std::chrono::steady_clock::now();
       auto phase_end = [&](int phase) {  // after a barrier: thread 0 books the time since the last one
@@ -386,8 +394,8 @@ class DecodePlan : public torch::CustomClassHolder {
       for (int64_t li = 0; li < NL; ++li) {
         const Layer& layer = layers_[li];
         const Lin &wqkv = lins_[layer.qkv], &wo = lins_[layer.o], &win = lins_[layer.in], &wout = lins_[layer.out];
-        float* kl = kc + li * layer_stride;
-        float* vl = vc + li * layer_stride;
+        T* kl = kc + li * layer_stride;
+        T* vl = vc + li * layer_stride;
         norm_rows(layer.attn_norm, rp, hp);
         if (parallel_) {  // both sublayers read the block's input
           if (layer.mlp_norm.defined()) {
@@ -406,8 +414,9 @@ class DecodePlan : public torch::CustomClassHolder {
           const int64_t b = task / KV_, j = task % KV_;
           const float* k = qkvp + (b * heads + H_ + j) * hd_;
           const int64_t at = ((b * KV_ + j) * Lmax + slot) * hd_;
-          lmforge_attn::rotate(k, kl + at, cp + b * rd, sp + b * rd, rd, hd_, interleaved_);
-          std::copy(k + KV_ * hd_, k + (KV_ + 1) * hd_, vl + at);
+          lmforge_attn::rotate(k, krot.data(), cp + b * rd, sp + b * rd, rd, hd_, interleaved_);
+          lmforge_attn::store_row(krot.data(), kl + at, hd_);
+          lmforge_attn::store_row(k + KV_ * hd_, vl + at, hd_);
         }
         barrier();
         phase_end(2);
