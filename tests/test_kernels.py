@@ -133,21 +133,19 @@ def test_rounded_activation_linears_match_reference(native, bits, M, N, K, dtype
 
 
 @pytest.mark.parametrize("bits", [16, 8])
-def test_rounded_activations_stop_at_many_rows(native, bits):
-    """From QACT_MAX_ROWS rows of x on (long prompts, perplexity windows) the products are the exact fp32
-    product with the dequantized weight whatever act_bits says; below, the rounded one."""
+def test_rounded_activations_for_long_prompts(native, bits):
+    """Past 1,024 rows of x the kernels round and multiply in chunks of rows, with the same result as
+    the reference's rounding; act_bits 32 stays the exact fp32 product."""
     g = torch.Generator().manual_seed(5)
-    N, K = 37, 96
+    N, K, M = 37, 96, 1030
     weights = random_int4(N, K, 32, torch.float16)
-    for M in (reference.QACT_MAX_ROWS - 1, reference.QACT_MAX_ROWS):
-        x = torch.randn(M, K, generator=g)
-        y = kernels.int4_linear(x, *weights, bits)
-        assert_matches_reference(y, reference.int4_linear(x, *weights, act_bits=bits))
-        exact = reference.int4_linear(x, *weights)
-        if M >= reference.QACT_MAX_ROWS:
-            assert_matches_reference(y, exact)
-        elif bits == 8:  # one int8 plane is visibly rounded
-            assert (y - exact).abs().max() > 1e-3 * exact.abs().max()
+    x = torch.randn(M, K, generator=g)
+    y = kernels.int4_linear(x, *weights, bits)
+    assert_matches_reference(y, reference.int4_linear(x, *weights, act_bits=bits))
+    exact = reference.int4_linear(x, *weights)
+    assert_matches_reference(kernels.int4_linear(x, *weights, 32), exact)
+    if bits == 8:  # one int8 plane is visibly rounded
+        assert (y - exact).abs().max() > 1e-3 * exact.abs().max()
 
 
 def test_round_activations_error_bounds():

@@ -32,8 +32,8 @@ class LLM:
         (before quantization), or with merge_adapters=False applied per request: generate(adapter=name).
         dequantize: expand a GGUF file's Q4_0/Q4_1/Q8_0 weights to `dtype` at load instead of running
         them natively.
-        act_bits: how the native CPU kernels of quantized weights take activations (decode steps and
-        prompts under 1,024 tokens; longer inputs always multiply in fp32): 16 (default) rounds them
+        act_bits: how the native CPU kernels of quantized weights take activations (prompts and
+        decode steps): 16 (default) rounds them
         per 32 values to two int8 planes (~15 bits, logits within ~0.02 of fp32), 8 to one (llama.cpp's
         rounding: faster, top-1 tokens differ a few % of the time), 32 keeps fp32 (the exact
         dequantized-weight product, slowest).

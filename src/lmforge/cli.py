@@ -33,8 +33,8 @@ def _generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dequantize", action="store_true",
                    help="expand a GGUF file's Q4_0/Q4_1/Q8_0 weights to --dtype instead of running them natively")
     p.add_argument("--act-bits", type=int, choices=(32, 16, 8), default=16,
-                   help="how the native kernels of quantized weights take activations (decode steps, prompts under "
-                        "1,024 tokens): 16 (default, ~15 bits), 8 (llama.cpp's int8 rounding, fastest) or 32 (fp32, exact)")
+                   help="how the native kernels of quantized weights take activations (prompts and decode steps): "
+                        "16 (default, ~15 bits), 8 (llama.cpp's int8 rounding, fastest) or 32 (fp32, exact)")
     p.add_argument("--kv-cache-dtype", default=None, choices=("float32", "float16", "bfloat16"),
                    help="the KV cache's dtype (default: --dtype); float16 halves what attention reads at long context")
     p.add_argument("--adapter", default=None, metavar="DIR",

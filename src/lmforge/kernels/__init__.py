@@ -17,10 +17,9 @@ Weight layouts (output channel first; K a multiple of 32, groups of K/G columns,
 - dense: ``weight`` float32, bfloat16 or float16 [N, K] (an ordinary Linear weight).
 
 ``int4_linear(x, ..., act_bits)`` / ``int8_linear(x, ..., act_bits)`` compute x [..., K] @ W.T -> [..., N]
-(in x's dtype). With act_bits = 32, and always from 1,024 rows of x on (``reference.QACT_MAX_ROWS``),
-the weight is dequantized in registers and multiplied with x in fp32: the result is that of the
-dequantized weight. With 16 or 8 the rows of x (a decode step, a prompt) are first rounded per 32
-values to two int8 planes (~15 bits) or one (llama.cpp's rounding), and the products are integer
+(in x's dtype). With act_bits = 32 the weight is dequantized in registers and multiplied with x in
+fp32: the result is that of the dequantized weight. With 16 or 8 the rows of x (a decode step, a
+prompt) are first rounded per 32 values to two int8 planes (~15 bits) or one (llama.cpp's rounding), and the products are integer
 (``reference.round_activations`` defines the rounding; only the fp32 summation order differs from
 ``reference``).
 ``attention_decode`` ropes q and k, writes k and v into a layer's static cache and attends, for a

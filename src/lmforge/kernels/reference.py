@@ -105,9 +105,6 @@ def dequantize_int8_blocks(q: torch.Tensor, scales: torch.Tensor) -> torch.Tenso
     return int8_codes(q).float() * _per_column(scales, q.shape[1])
 
 
-QACT_MAX_ROWS = 1024  # from this many rows of x on, the kernels multiply with the fp32 activation
-
-
 def round_activations(x: torch.Tensor, bits: int) -> torch.Tensor:
     """x [..., K] fp32 as the kernels with act_bits = bits see it: per block of 32 values, codes
     a = round(x / d) with d = max|x| / 127; with 16 bits also the rest, b = round((x / d - a) * 254),
@@ -127,8 +124,7 @@ def round_activations(x: torch.Tensor, bits: int) -> torch.Tensor:
 def _activations(x: torch.Tensor, act_bits: int) -> torch.Tensor:
     if act_bits not in (32, 16, 8):
         raise ValueError(f"act_bits must be 32, 16 or 8, got {act_bits}")
-    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if act_bits == 32 or rows >= QACT_MAX_ROWS:
+    if act_bits == 32:
         return x.float()
     return round_activations(x, act_bits)
 

@@ -35,6 +35,7 @@ namespace {
 using namespace lmforge_qact;
 
 constexpr int64_t MAX_ROWS = 4;         // activation rows per pass over a tile's weights
+constexpr int64_t CHUNK_ROWS = 1024;   // rows of x rounded at a time (4 bytes a value with two planes)
 constexpr int64_t PANEL_BYTES = 65536;  // weight bytes per task (in L2), read by every pass of the rows of x
 
 template <int MR, bool TWO, typename Rows>
@@ -92,10 +93,15 @@ at::Tensor run(const at::Tensor& x, const Rows& w, int64_t N, int64_t bytes_per_
   const at::Tensor x2 = x.reshape({-1, K}).to(at::kFloat).contiguous();
   const int64_t M = x2.size(0);
   at::Tensor y = at::empty({M, N}, x2.options());
-  if (bits == 16) {
-    gemv_rows<true>(w, x2.data_ptr<float>(), y.data_ptr<float>(), M, N, K, bytes_per_row);
-  } else {
-    gemv_rows<false>(w, x2.data_ptr<float>(), y.data_ptr<float>(), M, N, K, bytes_per_row);
+  for (int64_t m0 = 0; m0 < M; m0 += CHUNK_ROWS) {  // a long prompt in chunks: bounded scratch
+    const int64_t rows = std::min(CHUNK_ROWS, M - m0);
+    const float* xm = x2.data_ptr<float>() + m0 * K;
+    float* ym = y.data_ptr<float>() + m0 * N;
+    if (bits == 16) {
+      gemv_rows<true>(w, xm, ym, rows, N, K, bytes_per_row);
+    } else {
+      gemv_rows<false>(w, xm, ym, rows, N, K, bytes_per_row);
+    }
   }
   auto shape = x.sizes().vec();
   shape.back() = N;

@@ -256,13 +256,12 @@ at::Tensor int8_linear_qact(const at::Tensor& x, const at::Tensor& q, const at::
 
 namespace {
 
-// act_bits: 32 multiplies with the fp32 activation; 8 or 16 round it per block first, below QACT_MAX_ROWS
-// rows (decode steps and prompts: the integer products took 0.45-0.6x the time of the dequantized GEMM
-// per row from 32 to 512 rows, benchmarks/RESULTS.md); from there on the GEMM, exact, is as fast.
-constexpr int64_t QACT_MAX_ROWS = 1024;
+// act_bits: 32 multiplies with the fp32 activation (the exact product of the dequantized weight); 8 or 16
+// round it per block first, whatever the number of rows (the integer products took 0.3-0.6x the time
+// of the dequantized GEMM per row from 32 to 2,046 rows on the CPUs measured, benchmarks/RESULTS.md).
 bool rounded_activations(const at::Tensor& x, int64_t act_bits, const char* op) {
   TORCH_CHECK(act_bits == 32 || act_bits == 16 || act_bits == 8, op, ": act_bits must be 32, 16 or 8, got ", act_bits);
-  return act_bits != 32 && x.numel() / x.size(-1) < QACT_MAX_ROWS;
+  return act_bits != 32;
 }
 
 at::Tensor int4_linear_op(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
