@@ -32,11 +32,10 @@ class LLM:
         (before quantization), or with merge_adapters=False applied per request: generate(adapter=name).
         dequantize: expand a GGUF file's Q4_0/Q4_1/Q8_0 weights to `dtype` at load instead of running
         them natively.
-        act_bits: how the native CPU kernels of quantized weights take activations (prompts and
-        decode steps): 16 (default) rounds them
-        per 32 values to two int8 planes (~15 bits, logits within ~0.02 of fp32), 8 to one (llama.cpp's
-        rounding: faster, top-1 tokens differ a few % of the time), 32 keeps fp32 (the exact
-        dequantized-weight product, slowest).
+        act_bits: how the native CPU kernels of quantized weights take activations (prompts and decode
+        steps): 16 (default) rounds them per 32 values to two int8 planes (~15 bits, logits within ~0.02
+        of fp32), 8 to one (llama.cpp's rounding: faster, top-1 tokens differ a few % of the time), 32
+        keeps fp32 (the exact dequantized-weight product, slowest).
         kv_cache_dtype: the KV cache's dtype (default: `dtype`); "float16" under fp32 activations halves
         what attention reads at long context, the keys and values rounded to fp16 as they are stored."""
         if threads:

@@ -35,7 +35,7 @@ def _generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--act-bits", type=int, choices=(32, 16, 8), default=16,
                    help="how the native kernels of quantized weights take activations (prompts and decode steps): "
                         "16 (default, ~15 bits), 8 (llama.cpp's int8 rounding, fastest) or 32 (fp32, exact)")
-    p.add_argument("--kv-cache-dtype", default=None, choices=("float32", "float16", "bfloat16"),
+    p.add_argument("--kv-cache-dtype", default=None, choices=("float32", "float16"),
                    help="the KV cache's dtype (default: --dtype); float16 halves what attention reads at long context")
     p.add_argument("--adapter", default=None, metavar="DIR",
                    help="a PEFT LoRA adapter folder, merged into the weights at load")

@@ -6,6 +6,7 @@ from typing import Iterator
 
 import torch
 
+from .. import kernels
 from ..cache import StaticKVCache
 from ..config import ModelConfig
 from ..errors import LmforgeError
@@ -48,7 +49,7 @@ class Engine:
         with torch.inference_mode():
             if (plan is not None and tokens.shape[1] == 1 and last_only and batch.mask.dtype == torch.bool
                     and cache is not None and cache.k.is_contiguous()
-                    and cache.k.dtype in (torch.float32, torch.float16)):
+                    and cache.k.dtype in kernels.KV_CACHE_DTYPES):
                 return self.model.decode_native(plan, tokens, batch, cache)
             return self.model(tokens, batch, cache, last_only=last_only)
 

@@ -19,11 +19,12 @@ Weight layouts (output channel first; K a multiple of 32, groups of K/G columns,
 ``int4_linear(x, ..., act_bits)`` / ``int8_linear(x, ..., act_bits)`` compute x [..., K] @ W.T -> [..., N]
 (in x's dtype). With act_bits = 32 the weight is dequantized in registers and multiplied with x in
 fp32: the result is that of the dequantized weight. With 16 or 8 the rows of x (a decode step, a
-prompt) are first rounded per 32 values to two int8 planes (~15 bits) or one (llama.cpp's rounding), and the products are integer
-(``reference.round_activations`` defines the rounding; only the fp32 summation order differs from
-``reference``).
-``attention_decode`` ropes q and k, writes k and v into a layer's static cache and attends, for a
-decode step's few tokens; ``silu_mul`` is a gated MLP's silu(gate) * up.
+prompt) are first rounded per 32 values to two int8 planes (~15 bits) or one (llama.cpp's rounding),
+and the products are integer (``reference.round_activations`` defines the rounding; only the fp32
+summation order differs from ``reference``).
+``attention_decode`` ropes q and k, writes k and v into a layer's static cache (fp32 or fp16,
+``KV_CACHE_DTYPES``) and attends, for a decode step's few tokens; ``silu_mul`` is a gated MLP's
+silu(gate) * up.
 ``dense_linear(x, weight)`` is F.linear for the few activation rows of a decode step, reading the
 weight once at the machine's bandwidth (fp32 accumulation; half-precision weights widened in registers).
 ``rms_norm(x, weight, eps)`` is Llama's RMSNorm in fp32 in one call.
@@ -146,6 +147,7 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 DECODE_ATTENTION_MAX_TOKENS = 8  # attention_decode pays for a few new tokens; prefill is SDPA's job
+KV_CACHE_DTYPES = (torch.float32, torch.float16)  # the caches attention_decode and DecodePlan read
 
 
 def attention_decode(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,

@@ -391,6 +391,14 @@ constexpr int tile_rows() {
 // int8 rows of 576 columns, 1 activation row; 4 and 8 tiles ahead measured alike).
 constexpr int64_t AHEAD = 4;
 
+// Prefetches piece t (of 4) of group g of weight row n: one request per 64 bytes.
+template <typename Rows>
+__attribute__((always_inline)) inline void prefetch_piece(const Rows& w, int64_t n, int64_t g, int t) {
+  constexpr int64_t PIECE = Rows::GROUP_BYTES / 4;
+  if ((PIECE * t) % 64 == 0)
+    _mm_prefetch(reinterpret_cast<const char*>(w.row(n) + g * Rows::GROUP_BYTES + PIECE * t), _MM_HINT_T0);
+}
+
 // A group's integer sums s (one block per lane) into the tile's accumulators: one conversion and one
 // multiply with the 8 blocks' scale * d per row, and the mins with the 8 block sums.
 template <int R, int MR, typename Rows>
@@ -416,7 +424,6 @@ __attribute__((always_inline)) inline void add_group(const Rows& w, int64_t N, i
 template <int R, int MR, typename Rows>
 __attribute__((always_inline)) inline void tile_groups16(const Rows& w, int64_t n0, const QRow* xr, int64_t N,
                                                          __m256 (&acc)[R][MR]) {
-  constexpr int64_t PIECE = Rows::GROUP_BYTES / 4;  // the bytes of piece t
   const int64_t groups = w.grouped() / GROUP;
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t b0 = g * GROUP;
@@ -426,8 +433,7 @@ __attribute__((always_inline)) inline void tile_groups16(const Rows& w, int64_t 
     UNROLL for (int t = 0; t < 4; ++t) {
       __m256i p[R][2];
       UNROLL for (int r = 0; r < R; ++r) {
-        if ((PIECE * t) % 64 == 0)
-          _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + AHEAD * R + r) + g * Rows::GROUP_BYTES + PIECE * t), _MM_HINT_T0);
+        prefetch_piece(w, n0 + AHEAD * R + r, g, t);  // the same bytes of the rows AHEAD tiles on
         Rows::pairs(w.row(n0 + r) + g * Rows::GROUP_BYTES, t, p[r]);
       }
       UNROLL for (int k = 0; k < 4; ++k) {  // the piece's activation vector k: h = k / 2, u = k % 2
@@ -452,7 +458,6 @@ __attribute__((always_inline)) inline void tile_groups16(const Rows& w, int64_t 
 template <int R, int MR, bool TWO, typename Rows>
 __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0, const QRow* xr, int64_t N,
                                                        __m256 (&acc)[R][MR]) {
-  constexpr int64_t PIECE = Rows::GROUP_BYTES / 4;  // the bytes of vectors 2t and 2t + 1
   constexpr bool FUSED = TWO && Rows::FUSED_PLANES;  // both planes in sa
   const int64_t groups = w.grouped() / GROUP;
   for (int64_t g = 0; g < groups; ++g) {
@@ -462,9 +467,7 @@ __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0
       UNROLL for (int m = 0; m < MR; ++m) sa[r][m] = sb[r][m] = _mm256_setzero_si256();
     UNROLL for (int t = 0; t < 4; ++t) {
       UNROLL for (int r = 0; r < R; ++r) {
-        // the same bytes of the rows AHEAD tiles on
-        if ((PIECE * t) % 64 == 0)
-          _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + AHEAD * R + r) + g * Rows::GROUP_BYTES + PIECE * t), _MM_HINT_T0);
+        prefetch_piece(w, n0 + AHEAD * R + r, g, t);  // the same bytes of the rows AHEAD tiles on
         __m256i v0, v1;
         Rows::vectors(w.row(n0 + r) + g * Rows::GROUP_BYTES, t, v0, v1);
         UNROLL for (int m = 0; m < MR; ++m) {  // activation vectors 2t and 2t + 1 of the group
@@ -497,7 +500,6 @@ __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0
 template <int R, int MR, bool TWO, typename Rows>
 __attribute__((always_inline)) inline void tile_groups512(const Rows& w, int64_t n0, const QRow* xr, int64_t N,
                                                           __m256 (&acc)[R][MR]) {
-  constexpr int64_t PIECE = Rows::GROUP_BYTES / 4;  // the weight bytes of vectors 2t and 2t + 1
   const int64_t groups = w.grouped() / GROUP;
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t b0 = g * GROUP;
@@ -506,8 +508,7 @@ __attribute__((always_inline)) inline void tile_groups512(const Rows& w, int64_t
       UNROLL for (int m = 0; m < MR; ++m) sa[r][m] = sb[r][m] = _mm512_setzero_si512();
     UNROLL for (int t = 0; t < 4; ++t) {
       UNROLL for (int r = 0; r < R; ++r) {
-        if ((PIECE * t) % 64 == 0)
-          _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + AHEAD * R + r) + g * Rows::GROUP_BYTES + PIECE * t), _MM_HINT_T0);
+        prefetch_piece(w, n0 + AHEAD * R + r, g, t);  // the same bytes of the rows AHEAD tiles on
         const __m512i v = Rows::piece512(w.row(n0 + r) + g * Rows::GROUP_BYTES, t);
         UNROLL for (int m = 0; m < MR; ++m) {
           sa[r][m] = _mm512_dpbusd_epi32(sa[r][m], v, _mm512_loadu_si512(xr[m].a + b0 * QK + 64 * t));
@@ -529,7 +530,7 @@ __attribute__((always_inline)) inline void tile_groups512(const Rows& w, int64_t
 #endif
 
 // y[m * N + n0 + r] for R weight rows and MR activation rows. Grouped weights: their interleaved groups
-// (tile_groups), then the plain blocks left over. Per plain block the integer sum is turned to fp32
+// (tile_groups, or tile_groups16 / tile_groups512), then the plain blocks left over. Per plain block the integer sum is turned to fp32
 // and multiplied with scale * d (made 8 blocks at a time into `sd`); the mins times the block sums of x
 // go into the same accumulators. One plane: u8 x s8 products; two: the codes widened to int16 once
 // per weight row and multiplied with every row's c.
