@@ -26,8 +26,9 @@ using namespace lmforge_simd;
 // the rounding error, and c = 254 a + b [K] as int16 (|c| <= 32385), which carries both planes into one
 // product; d [K/32] the block scales (divided by 254 with two planes), sums [K/32] the exact fp32 sums
 // of the blocks. For grouped weights a and b are interleaved like the weights' groups of 8 blocks (vector i
-// of a group, 32 bytes, holds columns 4i .. 4i + 3 of block j in lane j), and without VNNI c in the order
-// of the weights' codes widened to int16 (interleave_group16; with VNNI nothing reads c's groups).
+// of a group, 32 bytes, holds columns 4i .. 4i + 3 of block j in lane j), and c in the order of the
+// weights' codes widened to int16: interleave_group512 for the 512-bit products, interleave_group16
+// without VNNI (other VNNI builds read no group of c).
 struct QRow {
   const int8_t *a, *b;
   const int16_t* c;
@@ -157,7 +158,8 @@ inline void round_row(const float* x, int64_t K, bool two, int64_t grouped, int8
     interleave_group(a + blk * QK);
     if (two) {
       interleave_group(b + blk * QK);
-      if constexpr (HAS_ZMM) interleave_group512(c16 + blk * QK);  // only the int16 products read it
+      // only the int16 products read c's groups
+      if constexpr (HAS_ZMM) interleave_group512(c16 + blk * QK);
       if constexpr (!HAS_VNNI) interleave_group16(c16 + blk * QK);
     }
   }
@@ -398,6 +400,13 @@ constexpr bool wide_groups() {
   return Rows::GROUPS && TWO && !HAS_VNNI && MR > 1;
 }
 
+// With 512-bit products (HAS_ZMM) two planes at several activation rows take int16 products too
+// (tile_groups512w); one row keeps the u8 x s8 ones (tile_groups512).
+template <typename Rows, int MR, bool TWO>
+constexpr bool wide_groups512() {
+  return Rows::GROUPS && TWO && HAS_ZMM && MR > 1;
+}
+
 // Weight rows per tile for MR activation rows. int8 rows go one at a time: one sequential stream per
 // thread reads DRAM ~35% faster than 4 interleaved 576-byte rows (measured on the default model's
 // shapes, 2 threads); int4 tiles take 4 rows (2 with several activation rows: the accumulators must
@@ -407,7 +416,7 @@ constexpr bool wide_groups() {
 template <typename Rows, int MR, bool TWO>
 constexpr int tile_rows() {
   if constexpr (wide_groups<Rows, MR, TWO>()) return 2;
-  if constexpr (Rows::GROUPS && HAS_ZMM && TWO && MR > 1) return Rows::BLOCK_BYTES == QK ? 2 : 4;
+  if constexpr (wide_groups512<Rows, MR, TWO>()) return Rows::BLOCK_BYTES == QK ? 2 : 4;
   if constexpr (Rows::BLOCK_BYTES == QK) return 1;
   return MR == 1 ? 4 : 2;
 }
@@ -556,8 +565,9 @@ __attribute__((always_inline)) inline void tile_groups512(const Rows& w, int64_t
 #endif
 
 #if defined(__AVX512BW__) && defined(__AVX512VNNI__)
-// tile_groups512 with two planes and several activation rows: int16 products of the widened weight codes with c = 254 a + b (in
-// the order of interleave_group512), one dpwssd per 32 weights and activation row for both planes.
+// tile_groups512 with two planes and several activation rows (wide_groups512): int16 products of the
+// widened weight codes with c = 254 a + b (in the order of interleave_group512), one dpwssd per 32
+// weights and activation row for both planes.
 // Lanes 2j and 2j + 1 hold block j; they are added after the group. Exact in int32 (a lane sums 16
 // products of at most 128 x 32385). Against tile_groups512 (two dpbusd per 64 weights, the planes
 // combined by a multiply after the group) the A/B harness measures 0.79-0.92x the time at 4 activation
@@ -594,8 +604,8 @@ __attribute__((always_inline)) inline void tile_groups512w(const Rows& w, int64_
 #endif
 
 // y[m * N + n0 + r] for R weight rows and MR activation rows. Grouped weights: their interleaved groups
-// (tile_groups, or tile_groups16 / tile_groups512 / tile_groups512w), then the plain blocks left over. Per plain block the integer sum is turned to fp32
-// and multiplied with scale * d (made 8 blocks at a time into `sd`); the mins times the block sums of x
+// (tile_groups, or tile_groups16 / tile_groups512 / tile_groups512w), then the plain blocks left over.
+// Per plain block the integer sum is turned to fp32 and multiplied with scale * d (made 8 blocks at a time into `sd`); the mins times the block sums of x
 // go into the same accumulators. One plane: u8 x s8 products; two: the codes widened to int16 once
 // per weight row and multiplied with every row's c.
 template <int R, int MR, bool TWO, typename Rows>
@@ -608,7 +618,7 @@ inline void dot_tile(const Rows& w, int64_t n0, const QRow* xr, float* y, int64_
     tile_groups16(w, n0, xr, N, acc);
   } else if constexpr (Rows::GROUPS && HAS_ZMM) {
 #if defined(__AVX512BW__) && defined(__AVX512VNNI__)
-    if constexpr (TWO && MR > 1) tile_groups512w(w, n0, xr, N, acc);
+    if constexpr (wide_groups512<Rows, MR, TWO>()) tile_groups512w(w, n0, xr, N, acc);
     else tile_groups512<R, MR, TWO>(w, n0, xr, N, acc);
 #endif
   } else if constexpr (Rows::GROUPS) {
