@@ -224,6 +224,19 @@ def test_bench_end_to_end(capsys, tmp_path, monkeypatch, stories):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
+def test_bench_counts_the_kv_cache_it_runs(capsys, tmp_path, stories):
+    """Quantized weights at rounded activations keep an fp16 cache: the record and the bytes a step
+    reads say so; --kv-cache-dtype float32 doubles the cache's bytes."""
+    for extra, dtype, size in (([], "float16", 2), (["--kv-cache-dtype", "float32"], "float32", 4)):
+        out = tmp_path / f"{dtype}.json"
+        code = main(["bench", "--model", str(stories), "--quantize", "int8", "-p", "5", "-n", "2", "--num-iter", "1",
+                     "--num-warmup", "0", "--no-roofline", "--output-json", str(out), *extra])
+        assert code == 0, capsys.readouterr().err
+        (r,) = json.loads(out.read_text())
+        assert r["env"]["kv_cache_dtype"] == dtype
+        assert r["model"]["kv_bytes_per_token"] == 2 * 5 * 4 * 8 * size
+
+
 def test_bench_random_prompt_without_roofline(capsys, tmp_path, monkeypatch, stories):
     monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path / "cache"))
     code = main(["bench", "--model", str(stories), "-p", "4", "-n", "2", "--num-iter", "1", "--num-warmup", "0",

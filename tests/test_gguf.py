@@ -328,6 +328,24 @@ def test_decode_activation_rounding_on_the_default_model(smollm2_native):
     assert abs(loss[8] / loss[32] - 1) < 0.01
 
 
+def test_fp16_kv_cache_on_the_default_model(smollm2_native):
+    """The default fp16 KV cache against an fp32 one, both at fp32 activations: logits within a few
+    hundredths (0.025 measured), every top-1 token kept."""
+    from lmforge.quant.linear import set_activation_bits
+
+    x = wikitext_ids(smollm2_native.tokenizer, 96)
+    exact = LLM(act_bits=32, kv_cache_dtype="float32")
+    try:
+        set_activation_bits(smollm2_native.model, 32)
+        half = decode_logits(smollm2_native, x, 8)
+    finally:
+        set_activation_bits(smollm2_native.model, 16)
+    full = decode_logits(exact, x, 8)
+    assert smollm2_native.engine.kv_dtype == torch.float16 and exact.engine.kv_dtype == torch.float32
+    assert (half - full).abs().max() < 0.1
+    assert torch.equal(half.argmax(-1), full.argmax(-1))
+
+
 def test_native_perplexity_is_within_a_percent_of_the_float_weights(smollm2, smollm2_native):
     floats, _ = smollm2
     x = wikitext_ids(floats.tokenizer, 1024)
@@ -357,8 +375,14 @@ def test_default_model_perplexity_matches_transformers(smollm2):
 
 @pytest.mark.parametrize("prompt", ["What is the capital of France?", "Name three colors.",
                                     "Write a haiku about the sea."])
-def test_default_model_greedy_chat_matches_transformers(smollm2, prompt):
+@pytest.mark.parametrize("native", [False, True], ids=["dequantized", "native"])
+def test_default_model_greedy_chat_matches_transformers(smollm2, smollm2_native, prompt, native):
+    """The float weights, and the model as it runs by default (Q4_1 kernels, activations rounded to two
+    int8 planes, fp16 KV cache), pick transformers' greedy tokens."""
     llm, hf = smollm2
+    if native:
+        llm = smollm2_native
+        assert llm.engine.kv_dtype == torch.float16
     tok = llm.tokenizer
     prompt_ids = tok.encode_chat([{"role": "user", "content": prompt}])
     ours = llm.generate_ids([prompt_ids], GenerationConfig(max_new_tokens=24), chat=True)[0]

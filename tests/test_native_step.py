@@ -63,12 +63,23 @@ def decode_both(llm, prompts, steps=6, seed=0):
     return out
 
 
+def assert_same_cache(a, b, atol=1e-4):
+    """Within atol, plus one unit in the last place of a cache narrower than fp32: the two paths'
+    keys and values differ by ~1e-6 before they are stored and may round to neighbouring fp16 values."""
+    assert a.k.dtype == b.k.dtype
+    ulp = torch.finfo(a.k.dtype).eps if a.k.dtype != torch.float32 else 0.0
+    for x, y in ((a.k, b.k), (a.v, b.v)):
+        x, y = x.float(), y.float()
+        excess = ((x - y).abs() - (atol + ulp * torch.maximum(x.abs(), y.abs()))).max().item()
+        assert excess <= 0, f"the caches differ by {excess:.2e} past the tolerance"
+
+
 def assert_same_step(out, atol=1e-4):
     (ops, c_ops), (nat, c_nat) = out["ops"], out["native"]
     err = (ops - nat).abs().max().item()
     assert err <= atol, f"native step logits differ from the op-by-op path by {err:.2e}"
     assert torch.equal(ops.argmax(-1), nat.argmax(-1))
-    assert (c_ops.k - c_nat.k).abs().max() <= atol and (c_ops.v - c_nat.v).abs().max() <= atol
+    assert_same_cache(c_ops, c_nat, atol)
 
 
 @pytest.mark.parametrize("quantize", [None, "int8", "int4", "int4-g64-asym"])
@@ -95,7 +106,7 @@ def test_fp16_kv_cache(llama_path):
     half = decode_both(LLM(llama_path, quantize="int4", kv_cache_dtype="float16"), prompts, steps=3)
     assert half["native"][1].k.dtype == half["ops"][1].v.dtype == torch.float16
     assert_same_step(half)
-    full = decode_both(LLM(llama_path, quantize="int4"), prompts, steps=3)["native"][0]
+    full = decode_both(LLM(llama_path, quantize="int4", kv_cache_dtype="float32"), prompts, steps=3)["native"][0]
     assert (half["native"][0] - full).abs().max() <= 1e-2 * full.abs().max()
 
 
@@ -209,3 +220,13 @@ def test_phase_profile(llama_path):
     phases = plan.phase_seconds()
     assert len(phases) == 12 and all(p >= 0 for p in phases) and sum(phases) > 0
     assert plan.phase_seconds() == [0.0] * 12
+
+
+def test_kv_cache_dtype_defaults(llama_path):
+    """fp16 keys and values by default where activations are rounded anyway (quantized weights at act-bits
+    16 or 8 on the CPU); fp32 for dense weights, for act-bits 32 (eval's exact scoring) and when asked."""
+    assert LLM(llama_path, quantize="int4").engine.kv_dtype == torch.float16
+    assert LLM(llama_path, quantize="int8", act_bits=8).engine.kv_dtype == torch.float16
+    assert LLM(llama_path, quantize="int4", act_bits=32).engine.kv_dtype == torch.float32
+    assert LLM(llama_path, quantize="int4", kv_cache_dtype="float32").engine.kv_dtype == torch.float32
+    assert LLM(llama_path).engine.kv_dtype == torch.float32

@@ -36,8 +36,10 @@ class LLM:
         steps): 16 (default) rounds them per 32 values to two int8 planes (~15 bits, logits within ~0.02
         of fp32), 8 to one (llama.cpp's rounding: faster, top-1 tokens differ a few % of the time), 32
         keeps fp32 (the exact dequantized-weight product, slowest).
-        kv_cache_dtype: the KV cache's dtype (default: `dtype`); "float16" under fp32 activations halves
-        what attention reads at long context, the keys and values rounded to fp16 as they are stored."""
+        kv_cache_dtype: the KV cache's dtype. "float16" under fp32 activations halves what attention reads
+        at long context, the keys and values rounded to fp16 as they are stored; it is the default for
+        quantized weights with rounded activations (act_bits 16 or 8) on the CPU in fp32, as in llama.cpp.
+        Otherwise the default is `dtype`."""
         if threads:
             torch.set_num_threads(threads)
         self.dtype, self.device = parse_dtype(dtype), parse_device(device)
@@ -52,7 +54,9 @@ class LLM:
             if merge_first and quantize is not None:
                 from .quant import quantize_on_load
                 quantize_on_load(self.model, quantize, self.source)
-        set_activation_bits(self.model, act_bits)
+        rounded = set_activation_bits(self.model, act_bits) > 0 and act_bits != 32
+        if kv_cache_dtype is None and rounded and self.device.type == "cpu" and self.dtype == torch.float32:
+            kv_cache_dtype = torch.float16
         self.config = self.model.cfg
         self.engine = Engine(self.model, self.device, self.dtype,
                              parse_dtype(kv_cache_dtype) if kv_cache_dtype is not None else None)

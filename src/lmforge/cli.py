@@ -36,7 +36,8 @@ def _generation_flags(p: argparse.ArgumentParser) -> None:
                    help="how the native kernels of quantized weights take activations (prompts and decode steps): "
                         "16 (default, ~15 bits), 8 (llama.cpp's int8 rounding, fastest) or 32 (fp32, exact)")
     p.add_argument("--kv-cache-dtype", default=None, choices=("float32", "float16"),
-                   help="the KV cache's dtype (default: --dtype); float16 halves what attention reads at long context")
+                   help="the KV cache's dtype (default: float16 for quantized weights at --act-bits 16/8 on the CPU, "
+                        "else --dtype); float16 halves what attention reads at long context")
     p.add_argument("--adapter", default=None, metavar="DIR",
                    help="a PEFT LoRA adapter folder, merged into the weights at load")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,

@@ -26,7 +26,8 @@ def add_parser(sub) -> None:
                    help="how the native kernels of quantized weights take decode activations: 16 (default, ~15 bits), "
                         "8 (llama.cpp's int8 rounding, fastest) or 32 (fp32, exact)")
     b.add_argument("--kv-cache-dtype", default=None, choices=("float32", "float16"),
-                   help="the KV cache's dtype (default: --dtype); float16 halves what attention reads at long context")
+                   help="the KV cache's dtype (default: float16 for quantized weights at --act-bits 16/8 on the CPU, "
+                        "else --dtype); float16 halves what attention reads at long context")
     b.add_argument("--input-tokens", "-p", type=int, nargs="+", default=[512], metavar="N",
                    help="prompt lengths in tokens (default 512)")
     b.add_argument("--max-new-tokens", "-n", type=int, nargs="+", default=[128], metavar="N",

@@ -169,6 +169,7 @@ class LmforgeBackend:
     def __init__(self, llm):
         self.llm = llm
         self.device = llm.device
+        self.kv_dtype = llm.engine.kv_dtype
         self.sync = _synchronizer(llm.device)
 
     def supports(self, case: Case, settings: Settings) -> str | None:
@@ -249,6 +250,7 @@ class HFBackend:
                                "`pip install transformers`") from None
         self.transformers = transformers
         self.device, self.sync = llm.device, _synchronizer(llm.device)
+        self.kv_dtype = llm.dtype  # its dynamic cache holds the model's dtype
         self.path = Path(llm.source.path)
         where = {"gguf_file": self.path.name} if self.path.is_file() else {}
         folder = self.path.parent if self.path.is_file() else self.path
@@ -298,6 +300,7 @@ class LlamaCppBackend:
     name = "llamacpp"
 
     device = torch.device("cpu")
+    kv_dtype = torch.float16  # llama.cpp's default cache type
 
     def __init__(self, llm, n_ctx: int):
         from llama_cpp import Llama
@@ -402,8 +405,7 @@ def run_backend(backend, llm, cases: list[Case], settings: Settings, env: dict, 
                 progress: Callable[[str], None]) -> Iterator[tuple[Case, dict]]:
     """Time every case on one backend; yields (case, result) pairs."""
     cfg = llm.config
-    kv = metrics.kv_bytes_per_token(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim,
-                                    torch.empty((), dtype=llm.dtype).element_size())
+    kv = metrics.kv_bytes_per_token(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, backend.kv_dtype.itemsize)
     model = backend.model_info()
     for i, case in enumerate(cases, 1):
         why_not = backend.supports(case, settings)
