@@ -3,7 +3,7 @@ phase's wall time (thread 0's view, barrier to barrier) over a run of steps on r
 a random KV cache of the given length. The numbers in RESULTS.md's phase tables come from here.
 
     python benchmarks/profile_step.py [--model smollm2-135m-instruct] [--batch 1] [--context 40]
-                                      [--act-bits 16] [--kv-dtype float32] [--steps 200] [--threads 2]
+                                      [--act-bits 16] [--kv-dtype float16] [--steps 200] [--threads 2]
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--context", type=int, default=40, help="cache slots visible to the step")
     ap.add_argument("--act-bits", type=int, default=16, choices=(8, 16))
-    ap.add_argument("--kv-dtype", default="float32", choices=("float32", "float16"), help="the KV cache's dtype")
+    ap.add_argument("--kv-dtype", default="float16", choices=("float32", "float16"),
+                    help="the KV cache's dtype (default float16, as LLM keeps it at act-bits 16 and 8)")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()

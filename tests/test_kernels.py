@@ -395,25 +395,30 @@ def test_other_build_plain_avx2_matches_reference():
 
 
 @pytest.mark.skipif(not build.ZMM_FLAGS <= build.cpu_flags(), reason="the CPU lacks AVX-512 VNNI")
-def test_other_build_vector_width_matches_reference():
-    """On a CPU with AVX-512 VNNI the grouped products run in 512-bit vectors or in 256-bit ones
-    (build.builds_zmm); the width the default build does not use is put through the same tests."""
-    _run_kernel_tests({build.ZMM_ENV: "0" if build.builds_zmm() else "1"})
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_other_build_vector_width_matches_reference(mode):
+    """On a CPU with AVX-512 VNNI the grouped products run in 512-bit vectors, in 256-bit ones, or in
+    512-bit ones only at several activation rows (build.zmm_mode); the modes the default build does not
+    use are put through the same tests."""
+    if mode == build.zmm_mode():
+        pytest.skip("the default build, tested above")
+    _run_kernel_tests({build.ZMM_ENV: str(mode)})
 
 
 @pytest.mark.parametrize("vendor,family,env,expected", [
-    ("AuthenticAMD", "26", "", True),    # Zen 5: full-width 512-bit units
-    ("AuthenticAMD", "25", "", False),   # Zen 4 splits 512-bit instructions in two
-    ("GenuineIntel", "6", "", False),
-    ("GenuineIntel", "6", "1", True),    # LMFORGE_KERNEL_ZMM decides
-    ("AuthenticAMD", "26", "0", False),
+    ("AuthenticAMD", "26", "", 1),    # Zen 5: full-width 512-bit units
+    ("AuthenticAMD", "25", "", 2),    # Zen 4 splits 512-bit instructions in two: only the wide products
+    ("GenuineIntel", "6", "", 0),
+    ("GenuineIntel", "6", "1", 1),    # LMFORGE_KERNEL_ZMM decides
+    ("AuthenticAMD", "25", "0", 0),
+    ("AuthenticAMD", "26", "2", 2),
 ])
 def test_512_bit_products_chosen_by_cpu(monkeypatch, vendor, family, env, expected):
     flags = " ".join(sorted(build.ZMM_FLAGS | {"avx2", "fma", "f16c"}))
     monkeypatch.setattr(build, "_cpuinfo", lambda: {"vendor_id": vendor, "cpu family": family, "flags": flags})
     monkeypatch.setenv(build.ZMM_ENV, env)
     monkeypatch.delenv(build.ARCH_ENV, raising=False)
-    assert build.builds_zmm() is expected
-    assert ("-DLMFORGE_ZMM=1" in build.cflags()) is expected
+    assert build.zmm_mode() == expected
+    assert [f for f in build.cflags() if f.startswith("-DLMFORGE_ZMM")] == ([f"-DLMFORGE_ZMM={expected}"] if expected else [])
     monkeypatch.setattr(build, "_cpuinfo", lambda: {"vendor_id": vendor, "cpu family": family, "flags": "avx2 fma f16c"})
-    assert build.builds_zmm() is False  # never without AVX-512 VNNI
+    assert build.zmm_mode() == 0  # never without AVX-512 VNNI

@@ -25,8 +25,8 @@ DISABLE_ENV = "LMFORGE_NO_NATIVE"
 # -march for the build: "native" (default) uses all the CPU has (AVX-512 VNNI / AVX-VNNI integer dot
 # products where present); "x86-64-v3" builds the plain AVX2 + FMA code, e.g. to test it on a newer CPU.
 ARCH_ENV = "LMFORGE_KERNEL_ARCH"
-# 512-bit integer products for the grouped layouts ("1" / "0"; default: on where measured to pay, see
-# builds_zmm).
+# 512-bit integer products for the grouped layouts ("1" all, "2" those of several activation rows, "0"
+# none; default: where measured to pay, see zmm_mode).
 ZMM_ENV = "LMFORGE_KERNEL_ZMM"
 ZMM_FLAGS = {"avx512bw", "avx512vl", "avx512_vnni"}
 
@@ -37,7 +37,8 @@ def arch() -> str:
 
 
 def cflags() -> tuple[str, ...]:
-    return (f"-march={arch()}", *CFLAGS, *(("-DLMFORGE_ZMM=1",) if builds_zmm() else ()))
+    zmm = zmm_mode()
+    return (f"-march={arch()}", *CFLAGS, *((f"-DLMFORGE_ZMM={zmm}",) if zmm else ()))
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -59,21 +60,27 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(_cpuinfo().get("flags", "").split())
 
 
-def builds_zmm() -> bool:
-    """Whether the grouped integer products use 512-bit vectors: the native build on a CPU with AVX-512
-    VNNI, by default only where 512-bit instructions run at full width and were measured faster: AMD
-    Zen 5 (family 26 on; benchmarks/RESULTS.md: 0.7-0.8x the time of the 256-bit tiles). Zen 4 splits
-    them in two and the Intel CPU measured was no faster with them. LMFORGE_KERNEL_ZMM=1 / 0 decides."""
+def zmm_mode() -> int:
+    """Which grouped integer products use 512-bit vectors (LMFORGE_ZMM in simd.h), on the native build
+    for a CPU with AVX-512 VNNI: 1 every grouped tile, on AMD Zen 5 (family 26 on), whose 512-bit units
+    run at full width (benchmarks/RESULTS.md: 0.7-0.8x the time of the 256-bit tiles); 2 only the int16
+    products of two activation planes at several rows, on Zen 4 (family 25), which splits 512-bit
+    instructions in two: there they take 0.88-0.95x the time of the 256-bit tiles at 4 rows and the
+    other 512-bit tiles lose at one row; 0 elsewhere (the Intel CPU measured was no faster with them).
+    LMFORGE_KERNEL_ZMM=0 / 1 / 2 decides."""
     if arch() != "native" or not ZMM_FLAGS <= cpu_flags():
-        return False
+        return 0
     choice = os.environ.get(ZMM_ENV, "")
-    if choice in ("0", "1"):
-        return choice == "1"
+    if choice in ("0", "1", "2"):
+        return int(choice)
     info = _cpuinfo()
     try:
-        return info.get("vendor_id") == "AuthenticAMD" and int(info.get("cpu family", "0")) >= 26
+        family = int(info.get("cpu family", "0"))
     except ValueError:
-        return False
+        return 0
+    if info.get("vendor_id") != "AuthenticAMD" or family < 25:
+        return 0
+    return 1 if family >= 26 else 2
 
 
 def builds_vnni() -> bool:
@@ -86,7 +93,7 @@ def describe_build() -> str:
     """The native build in words: its -march and the integer dot products it uses."""
     products = "AVX2 integer products (no VNNI)"
     if builds_vnni():
-        products = "VNNI integer dot products" + (", 512-bit" if builds_zmm() else "")
+        products = "VNNI integer dot products" + {0: "", 1: ", 512-bit", 2: ", 512-bit at several rows"}[zmm_mode()]
     return f"-march={arch()}, {products}"
 
 

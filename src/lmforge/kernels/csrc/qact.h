@@ -159,7 +159,7 @@ inline void round_row(const float* x, int64_t K, bool two, int64_t grouped, int8
     if (two) {
       interleave_group(b + blk * QK);
       // only the int16 products read c's groups
-      if constexpr (HAS_ZMM) interleave_group512(c16 + blk * QK);
+      if constexpr (HAS_ZMM_WIDE) interleave_group512(c16 + blk * QK);
       if constexpr (!HAS_VNNI) interleave_group16(c16 + blk * QK);
     }
   }
@@ -400,23 +400,25 @@ constexpr bool wide_groups() {
   return Rows::GROUPS && TWO && !HAS_VNNI && MR > 1;
 }
 
-// With 512-bit products (HAS_ZMM) two planes at several activation rows take int16 products too
-// (tile_groups512w); one row keeps the u8 x s8 ones (tile_groups512).
+// With 512-bit int16 products (HAS_ZMM_WIDE) two planes at several activation rows take them
+// (tile_groups512w); one row keeps the u8 x s8 ones (tile_groups512, or tile_groups without HAS_ZMM).
 template <typename Rows, int MR, bool TWO>
 constexpr bool wide_groups512() {
-  return Rows::GROUPS && TWO && HAS_ZMM && MR > 1;
+  return Rows::GROUPS && TWO && HAS_ZMM_WIDE && MR > 1;
 }
 
 // Weight rows per tile for MR activation rows. int8 rows go one at a time: one sequential stream per
 // thread reads DRAM ~35% faster than 4 interleaved 576-byte rows (measured on the default model's
 // shapes, 2 threads); int4 tiles take 4 rows (2 with several activation rows: the accumulators must
 // fit in the registers), which amortizes their decoding. The int16 products take 2 (each activation
-// vector is loaded once for both); in 512-bit vectors (tile_groups512w, 32 registers) 4 int4 rows or 2
-// int8 rows (A/B harness at 4 activation rows: 0.86-0.91x the time of 1 int8 row, 0.97-0.98x of 2 int4).
+// vector is loaded once for both); in 512-bit vectors (tile_groups512w, 32 registers) 4 int4 rows, and
+// 2 int8 rows on Zen 5 (A/B harness at 4 activation rows, in L2: 0.86-0.91x the time of 1 int8 row,
+// 0.97-0.98x of 2 int4) but 1 on Zen 4 (HAS_ZMM_WIDE alone; from DRAM 2 rows took 1.16x the time of
+// the 256-bit tile, 1 row 0.92-0.93x).
 template <typename Rows, int MR, bool TWO>
 constexpr int tile_rows() {
   if constexpr (wide_groups<Rows, MR, TWO>()) return 2;
-  if constexpr (wide_groups512<Rows, MR, TWO>()) return Rows::BLOCK_BYTES == QK ? 2 : 4;
+  if constexpr (wide_groups512<Rows, MR, TWO>()) return Rows::BLOCK_BYTES == QK ? (HAS_ZMM ? 2 : 1) : 4;
   if constexpr (Rows::BLOCK_BYTES == QK) return 1;
   return MR == 1 ? 4 : 2;
 }
@@ -616,10 +618,13 @@ inline void dot_tile(const Rows& w, int64_t n0, const QRow* xr, float* y, int64_
     UNROLL for (int m = 0; m < MR; ++m) acc[r][m] = _mm256_setzero_ps();
   if constexpr (wide_groups<Rows, MR, TWO>()) {
     tile_groups16(w, n0, xr, N, acc);
+  } else if constexpr (wide_groups512<Rows, MR, TWO>()) {
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+    tile_groups512w(w, n0, xr, N, acc);
+#endif
   } else if constexpr (Rows::GROUPS && HAS_ZMM) {
 #if defined(__AVX512BW__) && defined(__AVX512VNNI__)
-    if constexpr (wide_groups512<Rows, MR, TWO>()) tile_groups512w(w, n0, xr, N, acc);
-    else tile_groups512<R, MR, TWO>(w, n0, xr, N, acc);
+    tile_groups512<R, MR, TWO>(w, n0, xr, N, acc);
 #endif
   } else if constexpr (Rows::GROUPS) {
     tile_groups<R, MR, TWO>(w, n0, xr, N, acc);

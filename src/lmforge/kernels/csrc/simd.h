@@ -64,12 +64,14 @@ constexpr bool HAS_VNNI = false;
 #endif
 
 // LMFORGE_ZMM (set by build.py where it pays, see lmforge/kernels/build.py): the grouped integer products
-// in 512-bit vectors (AVX-512 BW + VNNI), two 256-bit vectors' worth per instruction. Only CPUs that
-// execute 512-bit instructions at full width gain from it.
+// in 512-bit vectors (AVX-512 BW + VNNI), two 256-bit vectors' worth per instruction. 1: every grouped
+// tile (HAS_ZMM), for CPUs that execute 512-bit instructions at full width; 2: only the int16 products
+// of two activation planes at several rows (HAS_ZMM_WIDE without HAS_ZMM), which pay with half-rate
+// 512-bit units too, where the 256-bit tiles stay faster at one row.
 #if defined(LMFORGE_ZMM) && LMFORGE_ZMM && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-constexpr bool HAS_ZMM = true;
+constexpr bool HAS_ZMM = LMFORGE_ZMM == 1, HAS_ZMM_WIDE = true;
 #else
-constexpr bool HAS_ZMM = false;
+constexpr bool HAS_ZMM = false, HAS_ZMM_WIDE = false;
 #endif
 
 // Dot products of 4 unsigned bytes u with 4 signed bytes s per 32-bit lane, added to acc: one VNNI
