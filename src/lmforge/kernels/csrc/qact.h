@@ -234,13 +234,40 @@ struct RoundedRows {
 // products are of the codes + 128, and the tile takes 128 times the activation's code sums off. For the
 // int16 products (tile_groups16) they give a piece's codes reordered (pairs) and widened (wide).
 
-// A 32-byte vector whose 4-byte lane j holds 4 codes of block j, reordered so that its first 16 bytes
-// hold bytes 0, 1 of every block's lane (block j's at 2j, 2j + 1) and its last 16 bytes bytes 2, 3.
-inline __m256i reorder_pairs(__m256i v) {
-  // per 128-bit lane: bytes 0, 1 of its 4 blocks, then bytes 2, 3; then the middle 64-bit quarters swapped
-  const __m256i order = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
-                                         0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
-  return _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, order), 0xD8);
+// The int16 products take the codes of a group's vector (4-byte lane j: 4 codes of block j) as two
+// vectors of 16 words: bytes 0, 1 (h = 0) or 2, 3 (h = 1) of every block's lane, block j's at words 2j
+// and 2j + 1, so that a madd's pair sums land one block per 32-bit lane. One byte shuffle within each
+// 128-bit half does it, the code in the low byte of its word and zero in the high one (pair_words), or
+// in the high byte (pair_words_high: an arithmetic shift by 8 then sign-extends it). On Zen 3, where a
+// 256-bit vpmovzxbw / vpmovsxbw takes ~2.5 times a shuffle, the A/B harness measured the tiles at 4
+// activation rows at 0.78-0.87x the time of a reorder and a widening move (int4 and grouped int8).
+inline __m256i pair_words(__m256i v, int h) {
+  const __m256i lo = _mm256_setr_epi8(0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13, -1,
+                                      0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13, -1);
+  const __m256i hi = _mm256_setr_epi8(2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15, -1,
+                                      2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15, -1);
+  return _mm256_shuffle_epi8(v, h ? hi : lo);
+}
+inline __m256i pair_words_high(__m256i v, int h) {
+  const __m256i lo = _mm256_setr_epi8(-1, 0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13,
+                                      -1, 0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13);
+  const __m256i hi = _mm256_setr_epi8(-1, 2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15,
+                                      -1, 2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15);
+  return _mm256_shuffle_epi8(v, h ? hi : lo);
+}
+
+// The 16 bytes at p as 16 words in order, each byte in the low byte of its word (HIGH = false; the high
+// byte zero) or in the high byte (HIGH: the low byte zero): a broadcast load and one byte shuffle, the
+// widening of a plain block for the int16 products (plain int8 on Zen 3: 0.86-0.91x the time of
+// vpmovsxbw at 1 and 4 activation rows, A/B harness).
+template <bool HIGH>
+inline __m256i byte_words(const void* p) {
+  const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m256i low = _mm256_setr_epi8(0, -1, 1, -1, 2, -1, 3, -1, 4, -1, 5, -1, 6, -1, 7, -1,
+                                       8, -1, 9, -1, 10, -1, 11, -1, 12, -1, 13, -1, 14, -1, 15, -1);
+  const __m256i high = _mm256_setr_epi8(-1, 0, -1, 1, -1, 2, -1, 3, -1, 4, -1, 5, -1, 6, -1, 7,
+                                        -1, 8, -1, 9, -1, 10, -1, 11, -1, 12, -1, 13, -1, 14, -1, 15);
+  return _mm256_shuffle_epi8(v, HIGH ? high : low);
 }
 
 template <typename S>
@@ -253,7 +280,7 @@ struct Int4Rows : Int4Layout<S> {
   }
   static __m256i signed_act(__m256i act, const uint8_t*) { return act; }
   static void codes16(const uint8_t* block, __m256i& lo, __m256i& hi) {
-    const __m256i wide = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block)));
+    const __m256i wide = byte_words<false>(block);
     lo = _mm256_and_si256(wide, _mm256_set1_epi16(0x0F));
     hi = _mm256_srli_epi16(wide, 4);
   }
@@ -283,25 +310,25 @@ struct Int4Rows : Int4Layout<S> {
     return _mm512_and_si512(_mm512_srlv_epi16(raw, shift), _mm512_set1_epi8(0x0F));
   }
 #endif
-  // The int16 products (tile_groups16): piece t's codes with the bytes of each block's 4-byte lane
-  // reordered (pairs, for both u), then as 16 int16 codes: bytes 0, 1 (h = 0) or 2, 3 (h = 1) of every
-  // block's lane, their low nibbles (u = 0) or high ones (u = 1), in the order of interleave_group16.
+  // The int16 products (tile_groups16): piece t's bytes as pair words (h = 0, 1), both nibbles of a
+  // code byte in the word's low byte; wide takes the low nibbles (u = 0, vector 2t) or the high ones
+  // (u = 1, vector 2t + 1), in the order of interleave_group16.
   static void pairs(const uint8_t* group, int t, __m256i (&p)[2]) {
-    p[0] = p[1] = reorder_pairs(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 32 * t)));
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 32 * t));
+    p[0] = pair_words(raw, 0);
+    p[1] = pair_words(raw, 1);
   }
-  static __m256i wide(__m256i p, int h, int u) {
-    const __m256i codes = _mm256_cvtepu8_epi16(h ? _mm256_extracti128_si256(p, 1) : _mm256_castsi256_si128(p));
-    return u ? _mm256_srli_epi16(codes, 4) : _mm256_and_si256(codes, _mm256_set1_epi16(0x0F));
+  static __m256i wide(const __m256i (&p)[2], int h, int u) {
+    return u ? _mm256_srli_epi16(p[h], 4) : _mm256_and_si256(p[h], _mm256_set1_epi16(0x0F));
   }
-  // Without VNNI both planes go into one accumulator as 254 (q . a) + (q . b): the int16 pair sums are
-  // widened by madd with 254 and with 1 (exact: a group's |sum| <= 4 * 2 * 7620 * 255 < 2^24), which
-  // spares a register per accumulator and the multiply by 254 after the group.
-  static constexpr bool FUSED_PLANES = !HAS_VNNI;
-  static __m256i dot2_planes(__m256i acc, __m256i v0, __m256i a0, __m256i b0, __m256i v1, __m256i a1, __m256i b1) {
-    const __m256i pa = _mm256_add_epi16(_mm256_maddubs_epi16(v0, a0), _mm256_maddubs_epi16(v1, a1));
-    const __m256i pb = _mm256_add_epi16(_mm256_maddubs_epi16(v0, b0), _mm256_maddubs_epi16(v1, b1));
-    return _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(pa, _mm256_set1_epi16(254)),
-                                                  _mm256_madd_epi16(pb, _mm256_set1_epi16(1))));
+  // Without VNNI, with two planes, a group's products stay int16 pair sums until the group ends
+  // (pair_sums), and one madd per plane then widens them, with 254 for plane a: per 64 weights 4
+  // multiplies and 4 adds, against 6 multiplies and 4 adds when each piece's sums were widened (A/B
+  // harness on Zen 3, 1 activation row: 0.84-0.96x the time). Exact: a pair sums at most 2 * 15 * 127 =
+  // 3810 in magnitude, the group's 8 vectors 30480 < 2^15. One plane gained nothing.
+  static constexpr bool SUMS16 = !HAS_VNNI;
+  static __m256i pair_sums(__m256i acc16, __m256i v0, __m256i s0, __m256i v1, __m256i s1) {
+    return _mm256_add_epi16(acc16, _mm256_add_epi16(_mm256_maddubs_epi16(v0, s0), _mm256_maddubs_epi16(v1, s1)));
   }
 };
 
@@ -309,7 +336,7 @@ struct Int4Rows : Int4Layout<S> {
 // as int8).
 template <typename S, typename C = int8_t>
 struct Int8Rows : Int8Layout<S, C> {
-  static constexpr bool GROUPS = std::is_same_v<C, uint8_t>, FUSED_PLANES = false;
+  static constexpr bool GROUPS = std::is_same_v<C, uint8_t>, SUMS16 = false;
   static constexpr bool BIASED = GROUPS && HAS_VNNI;  // without VNNI the products need signed codes
   static __m256i load(const C* block) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block));
@@ -317,26 +344,22 @@ struct Int8Rows : Int8Layout<S, C> {
   }
   static __m256i codes(const C* block) { return _mm256_abs_epi8(load(block)); }
   static __m256i signed_act(__m256i act, const C* block) { return _mm256_sign_epi8(act, load(block)); }
-  static void codes16(const C* block, __m256i& lo, __m256i& hi) {
-    const __m256i q = load(block);
-    lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
-    hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1));
+  static void codes16(const C* block, __m256i& lo, __m256i& hi) {  // sign-extended by the shift
+    const __m256i flip = _mm256_set1_epi16(GROUPS ? -32768 : 0);  // codes + 128 -> codes
+    lo = _mm256_srai_epi16(_mm256_xor_si256(byte_words<true>(block), flip), 8);
+    hi = _mm256_srai_epi16(_mm256_xor_si256(byte_words<true>(block + 16), flip), 8);
   }
   static void vectors(const C* group, int t, __m256i& v0, __m256i& v1) {
     v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 64 * t));
     v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 64 * t + 32));
   }
-  // The int16 products: vectors 2t + u (u = 0, 1) of a group as int8 codes, each block's 4-byte lane
-  // reordered (pairs), then bytes 0, 1 (h = 0) or 2, 3 (h = 1) of every block's lane as 16 int16 codes.
+  // The int16 products: vectors 2t + u (u = 0, 1) of a group, their codes + 128 with the top bit flipped
+  // (the int8 codes), kept (pairs); wide gives vector 2t + u's pair words h, sign-extended.
   static void pairs(const C* group, int t, __m256i (&p)[2]) {
-    for (int u = 0; u < 2; ++u) {
-      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 64 * t + 32 * u));
-      p[u] = reorder_pairs(_mm256_xor_si256(raw, _mm256_set1_epi8(-128)));
-    }
+    for (int u = 0; u < 2; ++u)
+      p[u] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 64 * t + 32 * u)), _mm256_set1_epi8(-128));
   }
-  static __m256i wide(__m256i p, int h, int) {
-    return _mm256_cvtepi8_epi16(h ? _mm256_extracti128_si256(p, 1) : _mm256_castsi256_si128(p));
-  }
+  static __m256i wide(const __m256i (&p)[2], int h, int u) { return _mm256_srai_epi16(pair_words_high(p[u], h), 8); }
 #if defined(__AVX512BW__)
   static void wide512(const C* group, int t, __m512i& z0, __m512i& z1) {  // int8 codes as int16
     const __m256i flip = _mm256_set1_epi8(-128);
@@ -475,7 +498,7 @@ __attribute__((always_inline)) inline void tile_groups16(const Rows& w, int64_t 
       }
       UNROLL for (int k = 0; k < 4; ++k) {  // the piece's activation vector k: h = k / 2, u = k % 2
         __m256i v[R];
-        UNROLL for (int r = 0; r < R; ++r) v[r] = Rows::wide(p[r][k % 2], k / 2, k % 2);
+        UNROLL for (int r = 0; r < R; ++r) v[r] = Rows::wide(p[r], k / 2, k % 2);
         UNROLL for (int m = 0; m < MR; ++m) {
           const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[m].c + b0 * QK + 64 * t + 16 * k));
           UNROLL for (int r = 0; r < R; ++r) {
@@ -495,7 +518,7 @@ __attribute__((always_inline)) inline void tile_groups16(const Rows& w, int64_t 
 template <int R, int MR, bool TWO, typename Rows>
 __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0, const QRow* xr, int64_t N,
                                                        __m256 (&acc)[R][MR]) {
-  constexpr bool FUSED = TWO && Rows::FUSED_PLANES;  // both planes in sa
+  constexpr bool S16 = TWO && Rows::SUMS16;  // sa and sb hold int16 pair sums until the group ends
   const int64_t groups = w.grouped() / GROUP;
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t b0 = g * GROUP;
@@ -511,8 +534,10 @@ __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0
           const int8_t* a = xr[m].a + b0 * QK + 64 * t;
           const int8_t* b = TWO ? xr[m].b + b0 * QK + 64 * t : nullptr;
           auto at = [](const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); };
-          if constexpr (FUSED) {
-            sa[r][m] = Rows::dot2_planes(sa[r][m], v0, at(a), at(b), v1, at(a + 32), at(b + 32));
+          if constexpr (S16) {
+            sa[r][m] = Rows::pair_sums(sa[r][m], v0, at(a), v1, at(a + 32));
+            sb[r][m] = Rows::pair_sums(sb[r][m], v0, at(b), v1, at(b + 32));
+            asm("" : "+x"(sa[r][m]), "+x"(sb[r][m]));  // else GCC spills the sums (1.1x the time)
           } else {
             sa[r][m] = Rows::dot2(sa[r][m], v0, at(a), v1, at(a + 32));
             if constexpr (TWO) sb[r][m] = Rows::dot2(sb[r][m], v0, at(b), v1, at(b + 32));
@@ -522,7 +547,12 @@ __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0
     }
     UNROLL for (int r = 0; r < R; ++r)
       UNROLL for (int m = 0; m < MR; ++m) {
-        if constexpr (TWO && !FUSED) sa[r][m] = _mm256_add_epi32(_mm256_mullo_epi32(sa[r][m], _mm256_set1_epi32(254)), sb[r][m]);
+        if constexpr (S16) {
+          sa[r][m] = _mm256_add_epi32(_mm256_madd_epi16(sa[r][m], _mm256_set1_epi16(254)),
+                                      _mm256_madd_epi16(sb[r][m], _mm256_set1_epi16(1)));
+        } else if constexpr (TWO) {
+          sa[r][m] = _mm256_add_epi32(_mm256_mullo_epi32(sa[r][m], _mm256_set1_epi32(254)), sb[r][m]);
+        }
         if constexpr (Rows::BIASED)  // (q + 128) . c = q . c + 128 sum(c)
           sa[r][m] = _mm256_sub_epi32(sa[r][m], _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[m].csum + b0)), 7));
       }
