@@ -232,28 +232,30 @@ struct RoundedRows {
 // 16-31. The grouped layouts (GROUPS) also give a group's vectors 2t and 2t + 1 (vectors(group, t, ..):
 // lane j holds 4 columns of block j) and their products with the activation's (dot2); with BIASED the
 // products are of the codes + 128, and the tile takes 128 times the activation's code sums off. For the
-// int16 products (tile_groups16) they give a piece's codes reordered (pairs) and widened (wide).
+// int16 products (tile_groups16) they give a piece's codes prepared (pairs) and widened to words (wide).
 
 // The int16 products take the codes of a group's vector (4-byte lane j: 4 codes of block j) as two
 // vectors of 16 words: bytes 0, 1 (h = 0) or 2, 3 (h = 1) of every block's lane, block j's at words 2j
 // and 2j + 1, so that a madd's pair sums land one block per 32-bit lane. One byte shuffle within each
 // 128-bit half does it, the code in the low byte of its word and zero in the high one (pair_words), or
-// in the high byte (pair_words_high: an arithmetic shift by 8 then sign-extends it). On Zen 3, where a
+// in the high byte (pair_words<true>: an arithmetic shift by 8 then sign-extends it). On Zen 3, where a
 // 256-bit vpmovzxbw / vpmovsxbw takes ~2.5 times a shuffle, the A/B harness measured the tiles at 4
 // activation rows at 0.78-0.87x the time of a reorder and a widening move (int4 and grouped int8).
+template <bool HIGH>
 inline __m256i pair_words(__m256i v, int h) {
-  const __m256i lo = _mm256_setr_epi8(0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13, -1,
-                                      0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13, -1);
-  const __m256i hi = _mm256_setr_epi8(2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15, -1,
-                                      2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15, -1);
-  return _mm256_shuffle_epi8(v, h ? hi : lo);
-}
-inline __m256i pair_words_high(__m256i v, int h) {
-  const __m256i lo = _mm256_setr_epi8(-1, 0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13,
-                                      -1, 0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13);
-  const __m256i hi = _mm256_setr_epi8(-1, 2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15,
-                                      -1, 2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15);
-  return _mm256_shuffle_epi8(v, h ? hi : lo);
+  if constexpr (HIGH) {
+    const __m256i lo = _mm256_setr_epi8(-1, 0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13,
+                                        -1, 0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13);
+    const __m256i hi = _mm256_setr_epi8(-1, 2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15,
+                                        -1, 2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15);
+    return _mm256_shuffle_epi8(v, h ? hi : lo);
+  } else {
+    const __m256i lo = _mm256_setr_epi8(0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13, -1,
+                                        0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13, -1);
+    const __m256i hi = _mm256_setr_epi8(2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15, -1,
+                                        2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15, -1);
+    return _mm256_shuffle_epi8(v, h ? hi : lo);
+  }
 }
 
 // The 16 bytes at p as 16 words in order, each byte in the low byte of its word (HIGH = false; the high
@@ -315,8 +317,8 @@ struct Int4Rows : Int4Layout<S> {
   // (u = 1, vector 2t + 1), in the order of interleave_group16.
   static void pairs(const uint8_t* group, int t, __m256i (&p)[2]) {
     const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 32 * t));
-    p[0] = pair_words(raw, 0);
-    p[1] = pair_words(raw, 1);
+    p[0] = pair_words<false>(raw, 0);
+    p[1] = pair_words<false>(raw, 1);
   }
   static __m256i wide(const __m256i (&p)[2], int h, int u) {
     return u ? _mm256_srli_epi16(p[h], 4) : _mm256_and_si256(p[h], _mm256_set1_epi16(0x0F));
@@ -325,7 +327,8 @@ struct Int4Rows : Int4Layout<S> {
   // (pair_sums), and one madd per plane then widens them, with 254 for plane a: per 64 weights 4
   // multiplies and 4 adds, against 6 multiplies and 4 adds when each piece's sums were widened (A/B
   // harness on Zen 3, 1 activation row: 0.84-0.96x the time). Exact: a pair sums at most 2 * 15 * 127 =
-  // 3810 in magnitude, the group's 8 vectors 30480 < 2^15. One plane gained nothing.
+  // 3810 in magnitude, the group's 8 vectors 30480 < 2^15. One plane (act-bits 8) measured 0.98-1.20x
+  // the time that way and keeps dot2.
   static constexpr bool SUMS16 = !HAS_VNNI;
   static __m256i pair_sums(__m256i acc16, __m256i v0, __m256i s0, __m256i v1, __m256i s1) {
     return _mm256_add_epi16(acc16, _mm256_add_epi16(_mm256_maddubs_epi16(v0, s0), _mm256_maddubs_epi16(v1, s1)));
@@ -359,7 +362,7 @@ struct Int8Rows : Int8Layout<S, C> {
     for (int u = 0; u < 2; ++u)
       p[u] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 64 * t + 32 * u)), _mm256_set1_epi8(-128));
   }
-  static __m256i wide(const __m256i (&p)[2], int h, int u) { return _mm256_srai_epi16(pair_words_high(p[u], h), 8); }
+  static __m256i wide(const __m256i (&p)[2], int h, int u) { return _mm256_srai_epi16(pair_words<true>(p[u], h), 8); }
 #if defined(__AVX512BW__)
   static void wide512(const C* group, int t, __m512i& z0, __m512i& z1) {  // int8 codes as int16
     const __m256i flip = _mm256_set1_epi8(-128);
