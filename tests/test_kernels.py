@@ -191,6 +191,8 @@ def test_silu_mul_matches_reference(native):
     (3, 2, 8, 2, 20, 0, 7, False),     # no rope (ALiBi-free learned positions), hd not a multiple of 8
     (2, 1, 9, 3, 64, 64, 150, False),  # several parts of 32 slots, merged
     (1, 2, 4, 2, 24, 8, 70, True),     # parts with hd not a multiple of 8
+    (1, 1, 4, 2, 80, 80, 45, False),   # hd 80: 64 + 16 channels in 512-bit vectors
+    (2, 1, 4, 1, 128, 64, 40, False),  # hd 128: two passes of 64 channels
 ])
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
 def test_attention_decode_matches_reference(native, B, S, H, KV, hd, rd, L, interleaved, cache_dtype):

@@ -99,6 +99,23 @@ def test_long_context_split_attention(llama_path, quantize):
     assert_same_step(decode_both(llm, prompts, steps=3))
 
 
+@pytest.mark.parametrize("hidden,heads,kv", [
+    (800, 10, 2),  # head size 80 (64 + 16 channels), 5 query heads per key/value head (3 + 2)
+    (640, 5, 1),   # head size 128 (two passes of 64 channels), 5 heads per group
+    (448, 7, 1),   # head size 64, 7 heads per group (4 + 3)
+    (512, 8, 1),   # head size 64, 8 heads per group (4 + 4)
+])
+@pytest.mark.parametrize("quantize", [None, "int4-g32"])  # fp32 and fp16 caches
+def test_head_sizes_and_groups(tmp_path_factory, hidden, heads, kv, quantize):
+    """The attention's vector paths split head sizes into 64-channel passes and a group's query heads
+    into runs of up to 4; long, left-padded contexts take the split parts and the masked ones."""
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(vocab_size=320, hidden_size=hidden, intermediate_size=256, num_hidden_layers=1,
+                        num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=256)
+    llm = LLM(save(tmp_path_factory, f"llama_h{hidden}_{heads}_{kv}", T.LlamaForCausalLM(cfg)), quantize=quantize)
+    assert_same_step(decode_both(llm, [list(range(3, 83)), list(range(5, 30))], steps=2))
+
+
 def test_fp16_kv_cache(llama_path):
     """An fp16 KV cache (kv_cache_dtype): the native step and the op-by-op path read and write it alike,
     and the logits stay close to those with the fp32 cache."""

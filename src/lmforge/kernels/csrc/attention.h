@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <utility>
 
@@ -88,6 +89,92 @@ inline void weighted_sum(const float* p, const T* vb, int64_t L, int64_t hd, flo
   for (int c = 0; c < C; ++c) _mm256_storeu_ps(out + 8 * c, acc[c]);
 }
 
+#if defined(__AVX512F__) && defined(LMFORGE_ZMM) && LMFORGE_ZMM == 1
+// Where 512-bit instructions run at full width (LMFORGE_ZMM = 1, Zen 5), head sizes that are a multiple
+// of 16 score and sum in 512-bit vectors, and the value sums of the G query heads of a group share each
+// value vector's widening (attend_part).
+#define LMFORGE_ATTN512 1
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const c10::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+
+// [x0 + x1, x2 + x3, y0 + y1, y2 + y3] in every 128-bit block (hadd, 512 bits wide)
+inline __m512 pair_add(__m512 x, __m512 y) {
+  return _mm512_add_ps(_mm512_shuffle_ps(x, y, 0x88), _mm512_shuffle_ps(x, y, 0xDD));
+}
+
+// scores8 in 512-bit vectors (hd a multiple of 16): lane l of the result = q . k_l.
+template <typename T>
+inline __m256 scores8_512(const float* q, const T* kb, int64_t hd) {
+  __m512 a[8];
+  for (int l = 0; l < 8; ++l) a[l] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < hd; i += 16) {
+    const __m512 qv = _mm512_loadu_ps(q + i);
+    for (int l = 0; l < 8; ++l) a[l] = _mm512_fmadd_ps(qv, load16(kb + l * hd + i), a[l]);
+  }
+  __m512 c[4];  // c_l: key l's 16 lanes folded to 8 in the low half, key l + 4's in the high half
+  for (int l = 0; l < 4; ++l)
+    c[l] = _mm512_add_ps(_mm512_shuffle_f32x4(a[l], a[l + 4], 0x44), _mm512_shuffle_f32x4(a[l], a[l + 4], 0xEE));
+  // e: 128-bit blocks 0 and 1 hold halves of keys 0..3's sums, blocks 2 and 3 of keys 4..7's
+  const __m512 e = pair_add(pair_add(c[0], c[1]), pair_add(c[2], c[3]));
+  const __m512 f = _mm512_add_ps(e, _mm512_shuffle_f32x4(e, e, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm512_castps512_ps256(_mm512_shuffle_f32x4(f, f, _MM_SHUFFLE(2, 0, 2, 0)));
+}
+
+// out_g [C * 16] (out + g * ostride) = sum over l < L of p_g[l] v_l (p_g = p + g * pstride) for GB
+// heads, each value vector widened once for all of them; slots where every p_g is 0 are skipped.
+template <int GB, int C, typename T>
+inline void weighted_sums512(const float* p, int64_t pstride, const T* vb, int64_t L, int64_t hd, float* out,
+                             int64_t ostride) {
+  __m512 acc[GB][C];
+  for (int g = 0; g < GB; ++g)
+    for (int c = 0; c < C; ++c) acc[g][c] = _mm512_setzero_ps();
+  for (int64_t l = 0; l < L; ++l) {
+    bool any = false;
+    for (int g = 0; g < GB; ++g) any |= p[g * pstride + l] != 0.f;
+    if (!any) continue;  // masked slots
+    __m512 v[C];
+    for (int c = 0; c < C; ++c) v[c] = load16(vb + l * hd + 16 * c);
+    for (int g = 0; g < GB; ++g) {
+      const __m512 pv = _mm512_set1_ps(p[g * pstride + l]);
+      for (int c = 0; c < C; ++c) acc[g][c] = _mm512_fmadd_ps(pv, v[c], acc[g][c]);
+    }
+  }
+  for (int g = 0; g < GB; ++g)
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(out + g * ostride + 16 * c, acc[g][c]);
+}
+
+template <int GB, typename T>
+inline void weighted_sums512_heads(const float* p, int64_t pstride, const T* vb, int64_t L, int64_t hd, float* out,
+                                   int64_t ostride) {
+  for (int64_t c0 = 0; c0 < hd; c0 += 64) {  // 64 channels (4 registers per head) at a time
+    switch (std::min<int64_t>(4, (hd - c0) / 16)) {
+      case 4: weighted_sums512<GB, 4>(p, pstride, vb + c0, L, hd, out + c0, ostride); break;
+      case 3: weighted_sums512<GB, 3>(p, pstride, vb + c0, L, hd, out + c0, ostride); break;
+      case 2: weighted_sums512<GB, 2>(p, pstride, vb + c0, L, hd, out + c0, ostride); break;
+      default: weighted_sums512<GB, 1>(p, pstride, vb + c0, L, hd, out + c0, ostride); break;
+    }
+  }
+}
+
+// The value sums of G heads (hd a multiple of 16), up to 4 heads at a time.
+template <typename T>
+inline void weighted_sums512_group(const float* p, int64_t pstride, int64_t G, const T* vb, int64_t L, int64_t hd,
+                                   float* out, int64_t ostride) {
+  for (int64_t g0 = 0; g0 < G;) {
+    const int64_t left = G - g0, gb = left == 5 ? 3 : std::min<int64_t>(4, left);  // 5 = 3 + 2, not 4 + 1
+    const float* pg = p + g0 * pstride;
+    float* og = out + g0 * ostride;
+    switch (gb) {
+      case 4: weighted_sums512_heads<4>(pg, pstride, vb, L, hd, og, ostride); break;
+      case 3: weighted_sums512_heads<3>(pg, pstride, vb, L, hd, og, ostride); break;
+      case 2: weighted_sums512_heads<2>(pg, pstride, vb, L, hd, og, ostride); break;
+      default: weighted_sums512_heads<1>(pg, pstride, vb, L, hd, og, ostride); break;
+    }
+    g0 += gb;
+  }
+}
+#endif
+
 // out [hd] += sum over l < L of p_l v_l (vb [L, hd]), skipping the slots with p_l = 0.
 template <typename T>
 inline void add_weighted(const float* p, const T* vb, int64_t L, int64_t hd, float* out) {
@@ -116,7 +203,24 @@ inline void add_weighted(const float* p, const T* vb, int64_t L, int64_t hd, flo
 inline std::pair<float, float> softmax_unnormalized(float* p, const bool* mask, int64_t mstride, int64_t n) {
   constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
   float mx = NEG_INF;
-  for (int64_t l = 0; l < n; ++l) {
+  int64_t l = 0;
+  if (mstride == 1) {  // 8 slots at a time: their mask bytes widened to lanes
+    const __m256 ninf = _mm256_set1_ps(NEG_INF);
+    __m256 mv = ninf;
+    for (; l + 8 <= n; l += 8) {
+      int64_t bytes;
+      std::memcpy(&bytes, mask + l, 8);
+      const __m256i lanes = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(bytes));
+      const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(lanes, _mm256_setzero_si256()));
+      const __m256 v = _mm256_blendv_ps(ninf, _mm256_loadu_ps(p + l), keep);
+      _mm256_storeu_ps(p + l, v);
+      mv = _mm256_max_ps(mv, v);
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    mx = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+  }
+  for (; l < n; ++l) {
     if (!mask[l * mstride]) p[l] = NEG_INF;
     mx = std::max(mx, p[l]);
   }
@@ -124,7 +228,7 @@ inline std::pair<float, float> softmax_unnormalized(float* p, const bool* mask, 
     std::fill(p, p + n, 0.f);
     return {NEG_INF, 0.f};
   }
-  int64_t l = 0;
+  l = 0;
   const __m256 mxv = _mm256_set1_ps(mx);
   __m256 tv = _mm256_setzero_ps();
   for (; l + 8 <= n; l += 8) {  // masked slots hold -inf: e^-inf clamps to ~1e-38, then zeroed
@@ -167,26 +271,56 @@ inline void attend_part(const float* q, int64_t G, const T* kb, const T* vb, con
   if (hd % 8 == 0) {
     const __m256 sv = _mm256_set1_ps(scale);
     for (; l + 8 <= n; l += 8) {
-      // the cache comes from DRAM (the weights pass through L3 every step): ask for the keys two
-      // blocks ahead, and for these slots' values, which the weighted sum reads after the softmax
+      // the cache comes from DRAM (the weights pass through L3 every step)
+#ifdef LMFORGE_ATTN512
+      // the keys and values of the next part (of the same key/value head, which a thread usually
+      // takes next; past the cache's end a prefetch is dropped)
+      const char* kf = reinterpret_cast<const char*>(kb + (l + PART) * hd);
+      const char* vf = reinterpret_cast<const char*>(vb + (l + PART) * hd);
+      for (int64_t off = 0; off < 8 * hd * static_cast<int64_t>(sizeof(T)); off += 64) {
+        _mm_prefetch(kf + off, _MM_HINT_T0);
+        _mm_prefetch(vf + off, _MM_HINT_T0);
+      }
+#else
+      // the keys two blocks ahead, and these slots' values, which the weighted sum reads after the
+      // softmax (the 512-bit build's distance measured slower here, on Zen 5's 256-bit build)
       const char* kf = reinterpret_cast<const char*>(kb + std::min(l + 16, n - 1) * hd);
       const char* vf = reinterpret_cast<const char*>(vb + l * hd);
       for (int64_t off = 0; off < 8 * hd * static_cast<int64_t>(sizeof(T)); off += 64) {
         _mm_prefetch(kf + off, _MM_HINT_T0);
         _mm_prefetch(vf + off, _MM_HINT_T1);
       }
+#endif
+#ifdef LMFORGE_ATTN512
+      if (hd % 16 == 0) {
+        for (int64_t g = 0; g < G; ++g)
+          _mm256_storeu_ps(p + g * n + l, _mm256_mul_ps(scores8_512(q + g * hd, kb + l * hd, hd), sv));
+        continue;
+      }
+#endif
       for (int64_t g = 0; g < G; ++g) _mm256_storeu_ps(p + g * n + l, _mm256_mul_ps(scores8(q + g * hd, kb + l * hd, hd), sv));
     }
   }
   for (; l < n; ++l)
     for (int64_t g = 0; g < G; ++g) p[g * n + l] = dot(q + g * hd, kb + l * hd, hd) * scale;
+#ifdef LMFORGE_ATTN512
+  const bool sums512 = hd % 16 == 0;  // weighted_sums512_group writes the sums whole
+#else
+  constexpr bool sums512 = false;
+#endif
   for (int64_t g = 0; g < G; ++g) {
     const auto ms = softmax_unnormalized(p + g * n, mask, mstride, n);
     float* pg = part + g * step;
     pg[0] = ms.first;
     pg[1] = ms.second;
-    std::fill(pg + 2, pg + 2 + hd, 0.f);
+    if (!sums512) std::fill(pg + 2, pg + 2 + hd, 0.f);
   }
+#ifdef LMFORGE_ATTN512
+  if (sums512) {
+    weighted_sums512_group(p, n, G, vb, n, hd, part + 2, step);
+    return;
+  }
+#endif
   for (int64_t g = 0; g < G; ++g) add_weighted(p + g * n, vb, n, hd, part + g * step + 2);
 }
 
