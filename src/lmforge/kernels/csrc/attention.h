@@ -91,8 +91,9 @@ inline void weighted_sum(const float* p, const T* vb, int64_t L, int64_t hd, flo
 
 #if defined(__AVX512F__) && defined(LMFORGE_ZMM) && LMFORGE_ZMM == 1
 // Where 512-bit instructions run at full width (LMFORGE_ZMM = 1, Zen 5), head sizes that are a multiple
-// of 16 score and sum in 512-bit vectors, and the value sums of the G query heads of a group share each
-// value vector's widening (attend_part).
+// of 16 score and sum in 512-bit vectors, and the query heads of a group share each widened key vector
+// (two heads at a time; three, with 24 accumulators, measured slower) and each widened value vector
+// (attend_part).
 #define LMFORGE_ATTN512 1
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load16(const c10::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
@@ -100,6 +101,17 @@ inline __m512 load16(const c10::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_s
 // [x0 + x1, x2 + x3, y0 + y1, y2 + y3] in every 128-bit block (hadd, 512 bits wide)
 inline __m512 pair_add(__m512 x, __m512 y) {
   return _mm512_add_ps(_mm512_shuffle_ps(x, y, 0x88), _mm512_shuffle_ps(x, y, 0xDD));
+}
+
+// lane l = the sum of a[l]'s 16 lanes
+inline __m256 reduce8_512(const __m512 (&a)[8]) {
+  __m512 c[4];  // c_l: key l's 16 lanes folded to 8 in the low half, key l + 4's in the high half
+  for (int l = 0; l < 4; ++l)
+    c[l] = _mm512_add_ps(_mm512_shuffle_f32x4(a[l], a[l + 4], 0x44), _mm512_shuffle_f32x4(a[l], a[l + 4], 0xEE));
+  // e: 128-bit blocks 0 and 1 hold halves of keys 0..3's sums, blocks 2 and 3 of keys 4..7's
+  const __m512 e = pair_add(pair_add(c[0], c[1]), pair_add(c[2], c[3]));
+  const __m512 f = _mm512_add_ps(e, _mm512_shuffle_f32x4(e, e, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm512_castps512_ps256(_mm512_shuffle_f32x4(f, f, _MM_SHUFFLE(2, 0, 2, 0)));
 }
 
 // scores8 in 512-bit vectors (hd a multiple of 16): lane l of the result = q . k_l.
@@ -111,13 +123,24 @@ inline __m256 scores8_512(const float* q, const T* kb, int64_t hd) {
     const __m512 qv = _mm512_loadu_ps(q + i);
     for (int l = 0; l < 8; ++l) a[l] = _mm512_fmadd_ps(qv, load16(kb + l * hd + i), a[l]);
   }
-  __m512 c[4];  // c_l: key l's 16 lanes folded to 8 in the low half, key l + 4's in the high half
-  for (int l = 0; l < 4; ++l)
-    c[l] = _mm512_add_ps(_mm512_shuffle_f32x4(a[l], a[l + 4], 0x44), _mm512_shuffle_f32x4(a[l], a[l + 4], 0xEE));
-  // e: 128-bit blocks 0 and 1 hold halves of keys 0..3's sums, blocks 2 and 3 of keys 4..7's
-  const __m512 e = pair_add(pair_add(c[0], c[1]), pair_add(c[2], c[3]));
-  const __m512 f = _mm512_add_ps(e, _mm512_shuffle_f32x4(e, e, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm512_castps512_ps256(_mm512_shuffle_f32x4(f, f, _MM_SHUFFLE(2, 0, 2, 0)));
+  return reduce8_512(a);
+}
+
+// scores8_512 of two query heads at once, each key vector widened once for both.
+template <typename T>
+inline void scores8x2_512(const float* q0, const float* q1, const T* kb, int64_t hd, __m256& s0, __m256& s1) {
+  __m512 a[8], b[8];
+  for (int l = 0; l < 8; ++l) a[l] = b[l] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < hd; i += 16) {
+    const __m512 qa = _mm512_loadu_ps(q0 + i), qb = _mm512_loadu_ps(q1 + i);
+    for (int l = 0; l < 8; ++l) {
+      const __m512 k = load16(kb + l * hd + i);
+      a[l] = _mm512_fmadd_ps(qa, k, a[l]);
+      b[l] = _mm512_fmadd_ps(qb, k, b[l]);
+    }
+  }
+  s0 = reduce8_512(a);
+  s1 = reduce8_512(b);
 }
 
 // out_g [C * 16] (out + g * ostride) = sum over l < L of p_g[l] v_l (p_g = p + g * pstride) for GB
@@ -293,8 +316,14 @@ inline void attend_part(const float* q, int64_t G, const T* kb, const T* vb, con
 #endif
 #ifdef LMFORGE_ATTN512
       if (hd % 16 == 0) {
-        for (int64_t g = 0; g < G; ++g)
-          _mm256_storeu_ps(p + g * n + l, _mm256_mul_ps(scores8_512(q + g * hd, kb + l * hd, hd), sv));
+        int64_t g = 0;
+        for (; g + 2 <= G; g += 2) {
+          __m256 s0, s1;
+          scores8x2_512(q + g * hd, q + (g + 1) * hd, kb + l * hd, hd, s0, s1);
+          _mm256_storeu_ps(p + g * n + l, _mm256_mul_ps(s0, sv));
+          _mm256_storeu_ps(p + (g + 1) * n + l, _mm256_mul_ps(s1, sv));
+        }
+        if (g < G) _mm256_storeu_ps(p + g * n + l, _mm256_mul_ps(scores8_512(q + g * hd, kb + l * hd, hd), sv));
         continue;
       }
 #endif
