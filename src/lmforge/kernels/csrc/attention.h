@@ -239,9 +239,7 @@ inline std::pair<float, float> softmax_unnormalized(float* p, const bool* mask, 
       _mm256_storeu_ps(p + l, v);
       mv = _mm256_max_ps(mv, v);
     }
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    mx = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+    mx = lmforge_simd::hmax(mv);
   }
   for (; l < n; ++l) {
     if (!mask[l * mstride]) p[l] = NEG_INF;
@@ -304,17 +302,6 @@ inline void attend_part(const float* q, int64_t G, const T* kb, const T* vb, con
         _mm_prefetch(kf + off, _MM_HINT_T0);
         _mm_prefetch(vf + off, _MM_HINT_T0);
       }
-#else
-      // the keys two blocks ahead, and these slots' values, which the weighted sum reads after the
-      // softmax (the 512-bit build's distance measured slower here, on Zen 5's 256-bit build)
-      const char* kf = reinterpret_cast<const char*>(kb + std::min(l + 16, n - 1) * hd);
-      const char* vf = reinterpret_cast<const char*>(vb + l * hd);
-      for (int64_t off = 0; off < 8 * hd * static_cast<int64_t>(sizeof(T)); off += 64) {
-        _mm_prefetch(kf + off, _MM_HINT_T0);
-        _mm_prefetch(vf + off, _MM_HINT_T1);
-      }
-#endif
-#ifdef LMFORGE_ATTN512
       if (hd % 16 == 0) {
         int64_t g = 0;
         for (; g + 2 <= G; g += 2) {
@@ -325,6 +312,15 @@ inline void attend_part(const float* q, int64_t G, const T* kb, const T* vb, con
         }
         if (g < G) _mm256_storeu_ps(p + g * n + l, _mm256_mul_ps(scores8_512(q + g * hd, kb + l * hd, hd), sv));
         continue;
+      }
+#else
+      // the keys two blocks ahead, and these slots' values, which the weighted sum reads after the
+      // softmax (the 512-bit build's distance measured slower here, on Zen 5's 256-bit build)
+      const char* kf = reinterpret_cast<const char*>(kb + std::min(l + 16, n - 1) * hd);
+      const char* vf = reinterpret_cast<const char*>(vb + l * hd);
+      for (int64_t off = 0; off < 8 * hd * static_cast<int64_t>(sizeof(T)); off += 64) {
+        _mm_prefetch(kf + off, _MM_HINT_T0);
+        _mm_prefetch(vf + off, _MM_HINT_T1);
       }
 #endif
       for (int64_t g = 0; g < G; ++g) _mm256_storeu_ps(p + g * n + l, _mm256_mul_ps(scores8(q + g * hd, kb + l * hd, hd), sv));

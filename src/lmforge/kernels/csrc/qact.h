@@ -113,10 +113,7 @@ inline void round_row(const float* x, int64_t K, bool two, int64_t grouped, int8
       amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[c]));
       sum = _mm256_add_ps(sum, v[c]);
     }
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    const float mx = _mm_cvtss_f32(m);
+    const float mx = lmforge_simd::hmax(amax);
     const float scale = mx / 127.f;
     const __m256 inv = _mm256_set1_ps(mx > 0.f ? 127.f / mx : 0.f);
     __m256i ia[4], ib[4];

@@ -30,6 +30,12 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
 // e^x for 8 floats (Cephes' single-precision method: x = n ln2 + r, |r| <= ln2 / 2, a degree-5
 // polynomial for e^r, 2^n from the exponent bits); within 2 ulp of expf over the clamped range.
 inline __m256 exp8(__m256 x) {
