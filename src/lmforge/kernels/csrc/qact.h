@@ -413,6 +413,21 @@ __attribute__((always_inline)) inline void block_params(const Rows& w, int64_t N
   }
 }
 
+// block_params for a whole group (n = GROUP) in registers.
+template <typename Rows>
+__attribute__((always_inline)) inline void group_params(const Rows& w, int64_t N, int64_t r, int64_t b0, int64_t bpg,
+                                                        __m256& scale, __m256& min) {
+  if (bpg == 1 && w.G > 1 && (r * w.G + b0 + 8 <= N * w.G)) {
+    scale = load8(w.scales + r * w.G + b0);
+    if constexpr (Rows::HAS_MIN) min = w.mins ? load8(w.mins + r * w.G + b0) : _mm256_mul_ps(scale, _mm256_set1_ps(-8.f));
+    return;
+  }
+  alignas(32) float ws[8], wm[8];
+  block_params(w, N, r, b0, GROUP, bpg, ws, wm);
+  scale = _mm256_load_ps(ws);
+  if constexpr (Rows::HAS_MIN) min = _mm256_load_ps(wm);
+}
+
 // How a tile multiplies the interleaved groups of its weight rows with two activation planes: as int16
 // products of the widened codes with c (tile_groups16), or as u8 x s8 products with a and b. Without
 // VNNI the int16 products take fewer multiplies (4 per 64 weights and activation row against 6 for
@@ -608,7 +623,16 @@ __attribute__((always_inline)) inline void tile_groups512(const Rows& w, int64_t
 template <int R, int MR, typename Rows>
 __attribute__((always_inline)) inline void tile_groups512w(const Rows& w, int64_t n0, const QRow* xr, int64_t N,
                                                            __m256 (&acc)[R][MR]) {
-  const int64_t groups = w.grouped() / GROUP;
+  // The epilogue takes the activation rows in pairs: one 512-bit register holds a weight row's sums
+  // with rows 2p and 2p + 1 (their 8 blocks in lanes 0-7 and 8-15), so that each fold, conversion and
+  // scaling serves two rows; an odd last row goes alone in 256 bits.
+  constexpr int MP = MR / 2;
+  const int64_t groups = w.grouped() / GROUP, bpg = w.K / QK / w.G;
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  __m512 acc2[R][MP + 1];
+  UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int p = 0; p < MP; ++p) acc2[r][p] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t b0 = g * GROUP;
     __m512i s[R][MR];
@@ -626,12 +650,40 @@ __attribute__((always_inline)) inline void tile_groups512w(const Rows& w, int64_
           UNROLL for (int r = 0; r < R; ++r) s[r][m] = _mm512_dpwssd_epi32(s[r][m], z[r][u], c);
         }
     }
-    __m256i s8[R][MR];
-    UNROLL for (int r = 0; r < R; ++r)
-      UNROLL for (int m = 0; m < MR; ++m)  // lane 2j + 1 onto lane 2j, then the even lanes
-        s8[r][m] = _mm512_cvtepi64_epi32(_mm512_add_epi32(s[r][m], _mm512_srli_epi64(s[r][m], 32)));
-    add_group(w, N, n0, b0, xr, s8, acc);
+    __m512 d2[MP + 1], sums2[MP + 1];  // the pairs' block scales and sums side by side
+    UNROLL for (int p = 0; p < MP; ++p) {
+      d2[p] = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(xr[2 * p].d + b0)),
+                                 _mm256_loadu_ps(xr[2 * p + 1].d + b0), 1);
+      if constexpr (Rows::HAS_MIN)
+        sums2[p] = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(xr[2 * p].sums + b0)),
+                                      _mm256_loadu_ps(xr[2 * p + 1].sums + b0), 1);
+    }
+    UNROLL for (int r = 0; r < R; ++r) {
+      __m256 ws, wm = _mm256_setzero_ps();
+      group_params(w, N, n0 + r, b0, bpg, ws, wm);
+      const __m512 scale = _mm512_broadcast_f32x8(ws), min = _mm512_broadcast_f32x8(wm);
+      UNROLL for (int p = 0; p < MP; ++p) {  // lanes 2j and 2j + 1 of both rows' sums onto block j
+        const __m512i a = s[r][2 * p], b = s[r][2 * p + 1];
+        const __m512i sum = _mm512_add_epi32(_mm512_permutex2var_epi32(a, even, b), _mm512_permutex2var_epi32(a, odd, b));
+        acc2[r][p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(scale, d2[p]), acc2[r][p]);
+        if constexpr (Rows::HAS_MIN)
+          acc2[r][p] = _mm512_fmadd_ps(min, sums2[p], acc2[r][p]);
+      }
+      if constexpr (MR % 2 == 1) {  // lane 2j + 1 onto lane 2j, then the even lanes
+        constexpr int m = MR - 1;
+        const __m256i s8 = _mm512_cvtepi64_epi32(_mm512_add_epi32(s[r][m], _mm512_srli_epi64(s[r][m], 32)));
+        const __m256 sd = _mm256_mul_ps(ws, _mm256_loadu_ps(xr[m].d + b0));
+        acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s8), sd, acc[r][m]);
+        if constexpr (Rows::HAS_MIN)
+          acc[r][m] = _mm256_fmadd_ps(wm, _mm256_loadu_ps(xr[m].sums + b0), acc[r][m]);
+      }
+    }
   }
+  UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int p = 0; p < MP; ++p) {
+      acc[r][2 * p] = _mm256_add_ps(acc[r][2 * p], _mm512_castps512_ps256(acc2[r][p]));
+      acc[r][2 * p + 1] = _mm256_add_ps(acc[r][2 * p + 1], _mm512_extractf32x8_ps(acc2[r][p], 1));
+    }
 }
 #endif
 
