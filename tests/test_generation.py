@@ -92,3 +92,18 @@ def test_cli_info(capsys, stories):
     assert main(["info", str(stories)]) == 0
     out = capsys.readouterr().out
     assert "LlamaForCausalLM" in out and "260,032" in out and "512" in out
+
+
+def test_rows_finish_independently_in_a_batch(llm):
+    """A row that reaches EOS yields -1 from then on while the others go on, and every row's tokens are
+    those it generates alone."""
+    dot = llm.tokenizer.encode(".", add_special_tokens=False)[-1]
+    gen = GenerationConfig(max_new_tokens=60, eos_token_ids=(dot,))
+    prompts = [llm.tokenizer.encode(p) for p in ("Once upon a time", "Tom and his mom went to the park to play")]
+    batched = llm.generate_ids(prompts, gen)
+    assert batched == [llm.generate_ids([p], gen)[0] for p in prompts]
+    assert len(batched[0]) != len(batched[1]) and all(ids[-1] == dot for ids in batched)
+    steps = torch.stack(list(llm.engine.generate(prompts, gen, frozenset({dot}))))  # [steps, 2]
+    for row, ids in enumerate(batched):
+        assert steps[:len(ids), row].tolist() == ids
+        assert (steps[len(ids):, row] == -1).all()

@@ -80,6 +80,32 @@ def test_int8_linear_matches_reference(native, M, N, K, dtype):
         assert_matches_reference(kernels.int8_linear(x, grouped, scales), ref)
 
 
+@pytest.mark.parametrize("K", [64, 576])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_table_rows_equal_the_dequantized_rows(native, K, dtype):
+    """int4_rows / int8_rows (a quantized embedding's lookup) give exactly the reference's dequantized
+    rows, in the ids' shape, for every layout: int4 with and without mins, plain and grouped int8."""
+    N, g = 40, torch.Generator().manual_seed(8)
+    ids = torch.tensor([[3, 0, 39], [3, 17, 5]])
+    for group in (32, K):
+        qs, scales, mins = random_int4(N, K, group, dtype)
+        for m in (mins, mins[:, :0]):
+            want = reference.dequantize_int4_blocks(qs, scales, m)[ids]
+            assert torch.equal(kernels.int4_rows(ids, qs, scales, m), want)
+            assert torch.equal(reference.int4_rows(ids, qs, scales, m), want)
+        q = torch.randint(-128, 128, (N, K), dtype=torch.int8, generator=g)
+        for layout in (q, reference.pack_int8_groups(q)):
+            want = reference.dequantize_int8_blocks(layout, scales)[ids]
+            assert torch.equal(kernels.int8_rows(ids, layout, scales), want)
+            assert torch.equal(reference.int8_rows(ids, layout, scales), want)
+    with pytest.raises(RuntimeError, match="id 40 is out of range for a table of 40 rows"):
+        kernels.int8_rows(torch.tensor([1, 40]), q, scales)
+    with pytest.raises(RuntimeError, match="id -1 is out of range"):
+        kernels.int4_rows(torch.tensor([-1]), qs, scales, mins)
+    with pytest.raises(RuntimeError, match="ids must be an integer tensor"):
+        kernels.int4_rows(torch.tensor([1.0]), qs, scales, mins)
+
+
 def test_batch_dims_and_dtypes(native):
     qs, s, m = random_int4(24, 64, 32, torch.float16)
     x = torch.randn(2, 3, 64, generator=torch.Generator().manual_seed(3))

@@ -120,8 +120,11 @@ class Engine:
         past a query are masked, so stale entries there (rejected drafts) are never read."""
         L = start + n
         slots = torch.arange(start, L, device=self.device)
-        causal = slots[:, None] >= torch.arange(L, device=self.device)[None, :]  # [n, L]
-        mask = self._window(key_valid[:, None, :L] & causal[None], slots, L)  # [B, n, L]
+        if n == 1 and self.cfg.sliding_window is None:  # a decode step: every valid slot, a view
+            mask = key_valid[:, None, :L]
+        else:
+            causal = slots[:, None] >= torch.arange(L, device=self.device)[None, :]  # [n, L]
+            mask = self._window(key_valid[:, None, :L] & causal[None], slots, L)  # [B, n, L]
         return Batch(positions=pos_table[:, start:L], mask=mask[:, None], key_pos=pos_table[:, :L],
                      slots=slots, kv_len=L)
 
@@ -156,22 +159,25 @@ class Engine:
         plan = self.native_plan()
 
         logits = self.forward(batch_in.tokens, batch, cache, last_only=True)[:, -1]
+        finished = bool(done.any())  # while no row is done, the tokens need no masking
         for step in range(max_new):
             if seen is not None:
                 logits = apply_repetition_penalty(logits, seen, gen.repetition_penalty)
             if step < gen.min_new_tokens and eos.numel():
                 logits = logits.index_fill(1, eos, float("-inf"))  # out of place: an inference tensor
             token = select(logits, gen, generator)
-            token = torch.where(done, torch.full_like(token, -1), token)
+            if finished:
+                token = torch.where(done, torch.full_like(token, -1), token)
             yield token
             if eos.numel():
                 done |= torch.isin(token, eos)
             if seen is not None:
                 seen[rows, token.clamp(min=0)] = True
-            if step + 1 == max_new or bool(done.all()):
+            finished = bool(done.any())  # also rows the caller finished while the token was out
+            if step + 1 == max_new or (finished and bool(done.all())):
                 return
             slot = P + step
-            feed = torch.where(done, torch.full_like(token, pad_id), token)[:, None]
+            feed = (torch.where(done, torch.full_like(token, pad_id), token) if finished else token)[:, None]
             logits = self.forward(feed, self.decode_batch(slot, key_valid, pos_table), cache, last_only=True,
                                   plan=plan)[:, -1]
 

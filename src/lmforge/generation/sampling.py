@@ -75,7 +75,11 @@ def warp(logits: torch.Tensor, gen: GenerationConfig) -> torch.Tensor:
 
 def select(logits: torch.Tensor, gen: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
     """Next token [B] from processed logits [B, V]."""
-    if not gen.do_sample:  # max's indices are argmax's (the first maximum), and 3x faster on the CPU
-        return logits.max(dim=-1).indices
+    if not gen.do_sample:  # the first maximum (or the first NaN)
+        if logits.device.type == "cpu" and logits.dtype == torch.float32:
+            # numpy's single-threaded argmax right after a decode step: 30 us against 44 for torch.argmax
+            # and 74 for max().indices (the default model's 49,152 logits, 2 threads, Zen 5)
+            return torch.from_numpy(logits.detach().numpy().argmax(-1))
+        return logits.argmax(dim=-1)
     probs = warp(logits, gen).softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -28,6 +28,8 @@ silu(gate) * up.
 ``dense_linear(x, weight)`` is F.linear for the few activation rows of a decode step, reading the
 weight once at the machine's bandwidth (fp32 accumulation; half-precision weights widened in registers).
 ``rms_norm(x, weight, eps)`` is Llama's RMSNorm in fp32 in one call.
+``int4_rows(ids, ...)`` / ``int8_rows(ids, ...)`` dequantize the rows ids of a table: a quantized
+embedding's lookup.
 ``torch.classes.lmforge.DecodePlan`` (native library only) runs a model's whole one-token decode step
 with these kernels in one call; ``lmforge.models.native_step`` builds it.
 ``repack_*`` convert GGUF blocks and lmforge's formats into these layouts.
@@ -47,12 +49,15 @@ from .build import load_native
 from .repack import (repack_gguf_q4_0, repack_gguf_q4_1, repack_gguf_q8_0, repack_int4,
                      repack_int8)
 
-__all__ = ["attention_decode", "backend", "dense_linear", "describe", "int4_linear", "int8_linear", "repack_gguf_q4_0",
+__all__ = ["attention_decode", "backend", "dense_linear", "describe", "int4_linear", "int4_rows", "int8_linear",
+           "int8_rows", "repack_gguf_q4_0",
            "repack_gguf_q4_1", "repack_gguf_q8_0", "repack_int4", "repack_int8", "rms_norm", "silu_mul"]
 
 SCHEMAS = {
     "int4_linear": "int4_linear(Tensor x, Tensor qs, Tensor scales, Tensor mins, int act_bits=32) -> Tensor",
     "int8_linear": "int8_linear(Tensor x, Tensor q, Tensor scales, int act_bits=32) -> Tensor",
+    "int4_rows": "int4_rows(Tensor ids, Tensor qs, Tensor scales, Tensor mins) -> Tensor",
+    "int8_rows": "int8_rows(Tensor ids, Tensor q, Tensor scales) -> Tensor",
     "dense_linear": "dense_linear(Tensor x, Tensor weight) -> Tensor",
     "rms_norm": "rms_norm(Tensor x, Tensor weight, float eps) -> Tensor",
     "silu_mul": "silu_mul(Tensor h) -> Tensor",
@@ -61,6 +66,7 @@ SCHEMAS = {
                         "bool interleaved) -> Tensor",
 }
 REFERENCE = {"int4_linear": reference.int4_linear, "int8_linear": reference.int8_linear,
+             "int4_rows": reference.int4_rows, "int8_rows": reference.int8_rows,
              "dense_linear": reference.dense_linear, "rms_norm": reference.rms_norm,
              "attention_decode": reference.attention_decode, "silu_mul": reference.silu_mul}
 DENSE_MAX_ROWS = 4  # dense_linear pays for decode-sized inputs; larger ones are ATen GEMM's job
@@ -86,7 +92,15 @@ def _fake_silu_mul(h: torch.Tensor) -> torch.Tensor:
     return h.new_empty((*h.shape[:-1], h.shape[-1] // 2))
 
 
-FAKES = {"rms_norm": _fake_norm, "attention_decode": _fake_attention, "silu_mul": _fake_silu_mul}
+def _fake_int4_rows(ids: torch.Tensor, qs: torch.Tensor, *_: torch.Tensor) -> torch.Tensor:
+    return qs.new_empty((*ids.shape, qs.shape[1] * 2), dtype=torch.float32)
+
+
+def _fake_int8_rows(ids: torch.Tensor, q: torch.Tensor, *_: torch.Tensor) -> torch.Tensor:
+    return q.new_empty((*ids.shape, q.shape[1]), dtype=torch.float32)
+
+
+FAKES = {"int4_rows": _fake_int4_rows, "int8_rows": _fake_int8_rows, "rms_norm": _fake_norm, "attention_decode": _fake_attention, "silu_mul": _fake_silu_mul}
 
 
 def _register() -> str:
@@ -165,6 +179,19 @@ def silu_mul(h: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for h = [gate | up] (a gated MLP's fused projection), fp32: [..., 2n] -> [..., n]."""
     backend()
     return torch.ops.lmforge.silu_mul(h)
+
+
+def int4_rows(ids: torch.Tensor, qs: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
+    """Rows ids [...] of an int4 table (the layout above) in fp32 [..., K]: an embedding lookup that
+    dequantizes only the rows it reads, bit-identical to ``reference.dequantize_int4_blocks``."""
+    backend()
+    return torch.ops.lmforge.int4_rows(ids, qs, scales, mins)
+
+
+def int8_rows(ids: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Rows ids [...] of an int8 table (plain or grouped) in fp32 [..., K], as int4_rows."""
+    backend()
+    return torch.ops.lmforge.int8_rows(ids, q, scales)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -105,6 +105,20 @@ def dequantize_int8_blocks(q: torch.Tensor, scales: torch.Tensor) -> torch.Tenso
     return int8_codes(q).float() * _per_column(scales, q.shape[1])
 
 
+def int4_rows(ids: torch.Tensor, qs: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
+    """Rows ids [...] of an int4 table [N, K] dequantized: fp32 [..., K] (an embedding lookup)."""
+    flat = ids.flatten()
+    rows = dequantize_int4_blocks(qs[flat], scales[flat], mins[flat])  # empty mins stay [n, 0]
+    return rows.reshape(*ids.shape, rows.shape[1])
+
+
+def int8_rows(ids: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Rows ids [...] of an int8 table (either layout) dequantized: fp32 [..., K]."""
+    flat = ids.flatten()
+    rows = dequantize_int8_blocks(q[flat], scales[flat])
+    return rows.reshape(*ids.shape, rows.shape[1])
+
+
 def round_activations(x: torch.Tensor, bits: int) -> torch.Tensor:
     """x [..., K] fp32 as the kernels with act_bits = bits see it: per block of 32 values, codes
     a = round(x / d) with d = max|x| / 127; with 16 bits also the rest, b = round((x / d - a) * 254),

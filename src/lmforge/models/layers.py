@@ -89,8 +89,9 @@ def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, interleaved: b
         cos = freqs.cos().repeat_interleave(2, dim=-1)
         sin = torch.stack((-freqs.sin(), freqs.sin()), dim=-1).flatten(-2)
     else:  # pairs are channels (i, i + rd/2)
-        cos = torch.cat((freqs.cos(), freqs.cos()), dim=-1)
-        sin = torch.cat((-freqs.sin(), freqs.sin()), dim=-1)
+        c, s = freqs.cos(), freqs.sin()
+        cos = torch.cat((c, c), dim=-1)
+        sin = torch.cat((-s, s), dim=-1)
     return cos[:, :, None], sin[:, :, None]
 
 

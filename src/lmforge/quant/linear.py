@@ -306,13 +306,12 @@ class BlockEmbedding(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         # tokens: [B, S] -> [B, S, D] fp32
-        t, ids = self.table, tokens.flatten()
+        t = self.table
         if isinstance(t, BlockInt8Linear):
-            rows = kernels.reference.dequantize_int8_blocks(t.q[ids], t.scales[ids])
+            rows = kernels.int8_rows(tokens, t.q, t.scales)
         else:
-            mins = t.mins[ids] if t.mins.numel() else t.mins  # empty: symmetric codes
-            rows = kernels.reference.dequantize_int4_blocks(t.qs[ids], t.scales[ids], mins)
-        return rows.reshape(*tokens.shape, t.in_features).to(self.dtype)
+            rows = kernels.int4_rows(tokens, t.qs, t.scales, t.mins)
+        return rows.to(self.dtype)
 
 
 class TiedHead(nn.Module):

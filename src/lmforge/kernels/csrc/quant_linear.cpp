@@ -175,17 +175,52 @@ at::Tensor gemm_dequantized(const Rows& w, const at::Tensor& x, int64_t N) {
   return y;
 }
 
+// ---------------------------------------------------------------------------------- table rows
+
+// Rows ids [...] of a quantized table in fp32 [..., K] (an embedding lookup): w = q * scale + min, a
+// product and then a sum as in reference.dequantize_*_blocks, so that the rows are bit-identical to it.
+template <typename Rows>
+at::Tensor table_rows(const Rows& w, const at::Tensor& ids, int64_t N, const char* op) {
+  TORCH_CHECK(!ids.is_floating_point() && !ids.is_complex() && ids.scalar_type() != at::kBool, op,
+              ": ids must be an integer tensor");
+  const at::Tensor idx = ids.to(at::kLong).contiguous();
+  const int64_t K = w.K, n = idx.numel(), bpg = K / QK / w.G;
+  const int64_t* ip = idx.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i)
+    TORCH_CHECK(ip[i] >= 0 && ip[i] < N, op, ": id ", ip[i], " is out of range for a table of ", N, " rows");
+  auto shape = ids.sizes().vec();
+  shape.push_back(K);
+  at::Tensor out = at::empty(shape, ids.options().dtype(at::kFloat));
+  float* op_ = out.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = ip[i];
+    float* o = op_ + i * K;
+    for (int64_t b = 0; b < K / QK; ++b) {
+      const __m256 scale = _mm256_set1_ps(w.scale(r, b / bpg)), min = _mm256_set1_ps(w.min(r, b / bpg));
+      for (int c = 0; c < 4; ++c) {
+        __m256 v = _mm256_mul_ps(w.codes(r, b, c), scale);
+        if constexpr (Rows::HAS_MIN) v = _mm256_add_ps(v, min);
+        _mm256_storeu_ps(o + b * QK + 8 * c, v);
+      }
+    }
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------- ops
 
-void check_common(const at::Tensor& x, const at::Tensor& scales, int64_t N, int64_t K, const char* op) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": x must be on the CPU");
-  TORCH_CHECK(x.is_floating_point(), op, ": x must be a floating-point tensor");
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, op, ": x has ", x.size(-1), " features, the weight ", K);
+void check_scales(const at::Tensor& scales, int64_t N, int64_t K, const char* op) {
   TORCH_CHECK(scales.dim() == 2 && scales.size(0) == N, op, ": scales must be [N, G]");
   TORCH_CHECK(scales.scalar_type() == at::kHalf || scales.scalar_type() == at::kFloat, op,
               ": scales must be float16 or float32");
   const int64_t G = scales.size(1);
   TORCH_CHECK(G > 0 && K % G == 0 && (K / G) % QK == 0, op, ": the group size K/G must be a multiple of 32");
+}
+
+void check_x(const at::Tensor& x, int64_t K, const char* op) {
+  TORCH_CHECK(x.device().is_cpu(), op, ": x must be on the CPU");
+  TORCH_CHECK(x.is_floating_point(), op, ": x must be a floating-point tensor");
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, op, ": x has ", x.size(-1), " features, the weight ", K);
 }
 
 template <typename Rows>
@@ -205,19 +240,19 @@ at::Tensor run(const at::Tensor& x, const Rows& w, int64_t N, int64_t bytes_per_
   return y.view(shape).to(x.scalar_type());
 }
 
-void check_int4(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales, const at::Tensor& mins) {
-  TORCH_CHECK(qs.dim() == 2 && qs.scalar_type() == at::kByte && qs.is_contiguous(),
-              "int4_linear: qs must be a contiguous uint8 [N, K/2] tensor");
-  check_common(x, scales, qs.size(0), qs.size(1) * 2, "int4_linear");
+void check_int4(const at::Tensor& qs, const at::Tensor& scales, const at::Tensor& mins, const char* op) {
+  TORCH_CHECK(qs.dim() == 2 && qs.scalar_type() == at::kByte && qs.is_contiguous(), op,
+              ": qs must be a contiguous uint8 [N, K/2] tensor");
+  check_scales(scales, qs.size(0), qs.size(1) * 2, op);
   TORCH_CHECK((mins.sizes() == scales.sizes() || (mins.dim() == 2 && mins.size(0) == scales.size(0) && mins.size(1) == 0)) &&
                   mins.scalar_type() == scales.scalar_type(),
-              "int4_linear: mins must match scales in shape and dtype, or be empty [N, 0] (min = -8 scale)");
+              op, ": mins must match scales in shape and dtype, or be empty [N, 0] (min = -8 scale)");
 }
 
-void check_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales) {
-  TORCH_CHECK(q.dim() == 2 && (q.scalar_type() == at::kChar || q.scalar_type() == at::kByte) && q.is_contiguous(),
-              "int8_linear: q must be a contiguous int8 (plain) or uint8 (grouped) [N, K] tensor");
-  check_common(x, scales, q.size(0), q.size(1), "int8_linear");
+void check_int8(const at::Tensor& q, const at::Tensor& scales, const char* op) {
+  TORCH_CHECK(q.dim() == 2 && (q.scalar_type() == at::kChar || q.scalar_type() == at::kByte) && q.is_contiguous(), op,
+              ": q must be a contiguous int8 (plain) or uint8 (grouped) [N, K] tensor");
+  check_scales(scales, q.size(0), q.size(1), op);
 }
 
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
@@ -231,6 +266,31 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& qs, const at::Tens
                N, K / 2);
   }
   return run(x, Int4Rows<float>{{qs.data_ptr<uint8_t>(), s.data_ptr<float>(), sym ? nullptr : m.data_ptr<float>(), K, G}}, N, K / 2);
+}
+
+at::Tensor int4_rows(const at::Tensor& ids, const at::Tensor& qs, const at::Tensor& scales, const at::Tensor& mins) {
+  check_int4(qs, scales, mins, "int4_rows");
+  const int64_t N = qs.size(0), K = qs.size(1) * 2;
+  const at::Tensor s = scales.contiguous(), m = mins.contiguous();
+  const int64_t G = s.size(1);
+  const bool sym = m.numel() == 0;
+  if (s.scalar_type() == at::kHalf)
+    return table_rows(Int4Rows<at::Half>{{qs.data_ptr<uint8_t>(), s.data_ptr<at::Half>(), sym ? nullptr : m.data_ptr<at::Half>(), K, G}}, ids, N, "int4_rows");
+  return table_rows(Int4Rows<float>{{qs.data_ptr<uint8_t>(), s.data_ptr<float>(), sym ? nullptr : m.data_ptr<float>(), K, G}}, ids, N, "int4_rows");
+}
+
+at::Tensor int8_rows(const at::Tensor& ids, const at::Tensor& q, const at::Tensor& scales) {
+  check_int8(q, scales, "int8_rows");
+  const int64_t N = q.size(0), K = q.size(1);
+  const at::Tensor s = scales.contiguous();
+  const int64_t G = s.size(1);
+  const bool half = s.scalar_type() == at::kHalf;
+  if (q.scalar_type() == at::kByte) {
+    if (half) return table_rows(Int8Rows<at::Half, uint8_t>{{q.data_ptr<uint8_t>(), s.data_ptr<at::Half>(), K, G}}, ids, N, "int8_rows");
+    return table_rows(Int8Rows<float, uint8_t>{{q.data_ptr<uint8_t>(), s.data_ptr<float>(), K, G}}, ids, N, "int8_rows");
+  }
+  if (half) return table_rows(Int8Rows<at::Half>{{q.data_ptr<int8_t>(), s.data_ptr<at::Half>(), K, G}}, ids, N, "int8_rows");
+  return table_rows(Int8Rows<float>{{q.data_ptr<int8_t>(), s.data_ptr<float>(), K, G}}, ids, N, "int8_rows");
 }
 
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales) {
@@ -266,13 +326,15 @@ bool rounded_activations(const at::Tensor& x, int64_t act_bits, const char* op) 
 
 at::Tensor int4_linear_op(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
                           const at::Tensor& mins, int64_t act_bits) {
-  check_int4(x, qs, scales, mins);
+  check_int4(qs, scales, mins, "int4_linear");
+  check_x(x, qs.size(1) * 2, "int4_linear");
   if (!rounded_activations(x, act_bits, "int4_linear")) return int4_linear(x, qs, scales, mins);
   return lmforge::int4_linear_qact(x, qs, scales.contiguous(), mins.contiguous(), act_bits);
 }
 
 at::Tensor int8_linear_op(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, int64_t act_bits) {
-  check_int8(x, q, scales);
+  check_int8(q, scales, "int8_linear");
+  check_x(x, q.size(1), "int8_linear");
   if (!rounded_activations(x, act_bits, "int8_linear")) return int8_linear(x, q, scales);
   return lmforge::int8_linear_qact(x, q, scales.contiguous(), act_bits);
 }
@@ -282,9 +344,13 @@ at::Tensor int8_linear_op(const at::Tensor& x, const at::Tensor& q, const at::Te
 TORCH_LIBRARY_FRAGMENT(lmforge, m) {
   m.def("int4_linear(Tensor x, Tensor qs, Tensor scales, Tensor mins, int act_bits=32) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor q, Tensor scales, int act_bits=32) -> Tensor");
+  m.def("int4_rows(Tensor ids, Tensor qs, Tensor scales, Tensor mins) -> Tensor");
+  m.def("int8_rows(Tensor ids, Tensor q, Tensor scales) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmforge, CPU, m) {
   m.impl("int4_linear", &int4_linear_op);
   m.impl("int8_linear", &int8_linear_op);
+  m.impl("int4_rows", &int4_rows);
+  m.impl("int8_rows", &int8_rows);
 }
