@@ -106,6 +106,23 @@ def test_table_rows_equal_the_dequantized_rows(native, K, dtype):
         kernels.int4_rows(torch.tensor([1.0]), qs, scales, mins)
 
 
+@pytest.mark.parametrize("M", [1, 3, 4, 5, 6, 7, 13, 40])
+@pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_dense_linear_matches_reference(native, M, wdtype):
+    """dense_linear at decode sizes (up to 4 rows) and prompt sizes (the prompt kernel where the build
+    has it, blocks of 6 rows, tiles of 4 weight rows; ATen's GEMM elsewhere), with weight rows and
+    columns left over: the fp32 product of the widened weight."""
+    g = torch.Generator().manual_seed(9)
+    for N, K in ((37, 40), (8, 96), (13, 1000)):
+        w = torch.randn(N, K, generator=g).to(wdtype)
+        for x in (torch.randn(M, K, generator=g), torch.randn(2, M, K, generator=g)):  # M or 2 M rows
+            y, ref = kernels.dense_linear(x, w), reference.dense_linear(x, w)
+            assert y.shape == (*x.shape[:-1], N)
+            assert (y - ref).abs().max().item() <= 2e-5 * ref.abs().max().item() + 1e-5
+    with pytest.raises(RuntimeError, match="x has 12 features, the weight 1000"):
+        kernels.dense_linear(torch.randn(M, 12), w)
+
+
 def test_batch_dims_and_dtypes(native):
     qs, s, m = random_int4(24, 64, 32, torch.float16)
     x = torch.randn(2, 3, 64, generator=torch.Generator().manual_seed(3))

@@ -13,13 +13,18 @@ from ..config import ModelConfig
 
 class Linear(nn.Linear):
     """nn.Linear whose decode-sized products (a few rows on the CPU) run lmforge's dense kernel, which
-    reads the weight at the machine's bandwidth where ATen's GEMM does not (see lmforge.kernels)."""
+    reads the weight at the machine's bandwidth where ATen's GEMM does not, and so do a prompt's fp32
+    rows where the native build has its prompt kernel (see lmforge.kernels)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.numel() <= kernels.DENSE_MAX_ROWS * self.in_features
-                and self.weight.is_contiguous() and kernels.backend() == "native"):
-            y = kernels.dense_linear(x, self.weight)
-            return y if self.bias is None else y + self.bias
+        if (x.device.type == "cpu" and self.weight.is_contiguous() and self.weight.dtype in kernels.DENSE_DTYPES
+                and kernels.backend() == "native"):
+            # bf16 activations stay with ATen for prompts: its AVX-512 BF16 products outrun the prompt
+            # kernel there (509 against 321 GFLOP/s on Zen 5, benchmarks/RESULTS.md)
+            if x.numel() <= kernels.DENSE_MAX_ROWS * self.in_features or (
+                    x.dtype == torch.float32 and kernels.dense_prompt_kernel()):
+                y = kernels.dense_linear(x, self.weight)
+                return y if self.bias is None else y + self.bias
         return F.linear(x, self.weight, self.bias)
 
 
