@@ -2,9 +2,13 @@
 // decode_step.cpp.
 #pragma once
 
+#include <ATen/Parallel.h>
+
 #include <immintrin.h>
 
 #include "simd.h"
+
+#include <algorithm>
 
 #include <cmath>
 #include <cstdint>
@@ -46,7 +50,11 @@ inline void dot_row(const W* w, int64_t K, const float* x, float* y, int64_t ldy
 }
 
 #if defined(__AVX512F__)
-// Prompt-sized products (dense_linear.cpp's gemm): y [MR, R] (row stride ldy) = x [MR, K] @ w [R, K].T,
+// Prompt-sized products run gemm below where it was measured to beat ATen's GEMM (the 512-bit build for
+// Zen 5, LMFORGE_ZMM = 1), ATen's elsewhere.
+constexpr bool PROMPT_KERNEL = lmforge_simd::HAS_ZMM;
+
+// Prompt-sized products (gemm): y [MR, R] (row stride ldy) = x [MR, K] @ w [R, K].T,
 // R x MR accumulators of 16 lanes along k in registers, then one sum each. The caller runs each tile of
 // R weight rows against every block of MR rows of x, so that the R rows stay in L1/L2 while the blocks
 // pass. On Zen 5 it reaches 240-340 GFLOP/s (2 threads) where ATen's MKL sgemm reaches 107-220
@@ -82,6 +90,48 @@ inline void gemm_tile(const W* w, int64_t K, const float* x, float* y, int64_t l
       for (int64_t k = KL; k < K; ++k) s += static_cast<float>(w[r * K + k]) * x[m * K + k];
       y[m * ldy + r] = s;
     }
+}
+
+// R weight rows from n0 (or the rows left at the end, one at a time) against MR rows of x.
+template <int R, int MR, typename W>
+void gemm_rows(const W* w, const float* x, float* y, int64_t n0, int64_t N, int64_t K, int64_t ldy) {
+  if (n0 + R <= N) return gemm_tile<R, MR>(w + n0 * K, K, x, y + n0, ldy);
+  for (int64_t n = n0; n < N; ++n) gemm_tile<1, MR>(w + n * K, K, x, y + n, ldy);
+}
+
+template <int R, typename W>
+void gemm_block(const W* w, const float* x, float* y, int64_t mr, int64_t n0, int64_t N, int64_t K, int64_t ldy) {
+  static_assert(Vec::MR == 6, "one case per block height");
+  switch (mr) {
+    case 1: return gemm_rows<R, 1>(w, x, y, n0, N, K, ldy);
+    case 2: return gemm_rows<R, 2>(w, x, y, n0, N, K, ldy);
+    case 3: return gemm_rows<R, 3>(w, x, y, n0, N, K, ldy);
+    case 4: return gemm_rows<R, 4>(w, x, y, n0, N, K, ldy);
+    case 5: return gemm_rows<R, 5>(w, x, y, n0, N, K, ldy);
+    default: return gemm_rows<R, 6>(w, x, y, n0, N, K, ldy);
+  }
+}
+
+// y [M, N] (row stride ldy) = x [M, K] @ w [N, K].T: tiles of R weight rows over the threads, each
+// against every block of MR rows of x, in chunks of rows of x small enough (X_CHUNK_BYTES) to stay in
+// L2 while the whole weight passes, but of at least X_CHUNK_MIN_ROWS, so that wide weights are not read
+// again for every few rows. (Zen 5's L2 is 1 MiB a core: 1 MiB chunks took 1.2-1.4x the time of
+// 256 KiB ones for the default model's head at 256 to 1,024 rows; with K = 5,632, 6-row chunks lost to
+// ATen at 2,048 rows.)
+constexpr int64_t X_CHUNK_BYTES = 1 << 18, X_CHUNK_MIN_ROWS = 48;
+
+template <typename W>
+void gemm(const W* w, const float* x, float* y, int64_t M, int64_t N, int64_t K, int64_t ldy) {
+  constexpr int R = Vec::R, MR = Vec::MR;
+  const int64_t chunk = std::max<int64_t>(X_CHUNK_MIN_ROWS, X_CHUNK_BYTES / (K * 4) / MR * MR);
+  for (int64_t c0 = 0; c0 < M; c0 += chunk) {
+    const int64_t c1 = std::min(M, c0 + chunk);
+    at::parallel_for(0, (N + R - 1) / R, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t)
+        for (int64_t m0 = c0; m0 < c1; m0 += MR)
+          gemm_block<R>(w, x + m0 * K, y + m0 * ldy, std::min<int64_t>(MR, c1 - m0), t * R, N, K, ldy);
+    });
+  }
 }
 #endif
 

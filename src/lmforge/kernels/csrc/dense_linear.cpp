@@ -1,6 +1,6 @@
 // Dense ops for the decode step. Dense linear layers on x86 CPUs with AVX2 + FMA + F16C: y [M, N] = x [M, K] @ W.T
 // for a few activation rows (M <= MAX_ROWS), W [N, K] row-major in float32, bfloat16 or float16; in the
-// 512-bit build for Zen 5 also for a prompt's rows (gemm below), elsewhere those go to ATen's GEMM.
+// 512-bit build for Zen 5 also for a prompt's rows (lmforge_dense::gemm), elsewhere those go to ATen's GEMM.
 //
 // A decode step is one activation row against every weight: the cost is reading W once from memory.
 // ATen's GEMM is built for large M and streams a [N, K] weight at a fraction of the machine's read
@@ -22,10 +22,7 @@
 namespace {
 
 constexpr int64_t MAX_ROWS = 4;  // activation rows of the decode kernel (gemv)
-// More rows run the prompt kernel (gemm) where it was measured to beat ATen's GEMM (the 512-bit build for
-// Zen 5, LMFORGE_ZMM = 1), ATen's elsewhere.
-constexpr bool PROMPT_KERNEL = lmforge_simd::HAS_ZMM;
-constexpr int64_t X_CHUNK_BYTES = 1 << 20;  // the rows of x the prompt kernel keeps in L2 at a time
+using lmforge_dense::PROMPT_KERNEL;  // more rows: the prompt kernel (lmforge_dense::gemm) or ATen's GEMM
 using lmforge_dense::dot_row;
 
 template <int MR, typename W>
@@ -46,44 +43,6 @@ void gemv_any(const W* w, const float* x, float* y, int64_t M, int64_t N, int64_
   }
 }
 
-#if defined(__AVX512F__)
-// R weight rows from n0 (or the rows left at the end, one at a time) against MR rows of x.
-template <int R, int MR, typename W>
-void gemm_rows(const W* w, const float* x, float* y, int64_t n0, int64_t N, int64_t K) {
-  if (n0 + R <= N) return lmforge_dense::gemm_tile<R, MR>(w + n0 * K, K, x, y + n0, N);
-  for (int64_t n = n0; n < N; ++n) lmforge_dense::gemm_tile<1, MR>(w + n * K, K, x, y + n, N);
-}
-
-template <int R, typename W>
-void gemm_block(const W* w, const float* x, float* y, int64_t mr, int64_t n0, int64_t N, int64_t K) {
-  static_assert(lmforge_dense::Vec::MR <= 6, "one case per block height");
-  switch (mr) {
-    case 1: return gemm_rows<R, 1>(w, x, y, n0, N, K);
-    case 2: return gemm_rows<R, 2>(w, x, y, n0, N, K);
-    case 3: return gemm_rows<R, 3>(w, x, y, n0, N, K);
-    case 4: return gemm_rows<R, 4>(w, x, y, n0, N, K);
-    case 5: return gemm_rows<R, 5>(w, x, y, n0, N, K);
-    default: return gemm_rows<R, lmforge_dense::Vec::MR>(w, x, y, n0, N, K);
-  }
-}
-
-// More rows than MAX_ROWS: tiles of R weight rows over the threads, each against every block of MR rows
-// of x (see gemm_tile), in chunks of rows of x small enough (X_CHUNK_BYTES) to stay in L2 while the
-// whole weight passes.
-template <typename W>
-void gemm(const W* w, const float* x, float* y, int64_t M, int64_t N, int64_t K) {
-  constexpr int R = lmforge_dense::Vec::R, MR = lmforge_dense::Vec::MR;
-  const int64_t chunk = std::max<int64_t>(MR, X_CHUNK_BYTES / (K * 4) / MR * MR);
-  for (int64_t c0 = 0; c0 < M; c0 += chunk) {
-    const int64_t c1 = std::min(M, c0 + chunk);
-    at::parallel_for(0, (N + R - 1) / R, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t)
-        for (int64_t m0 = c0; m0 < c1; m0 += MR)
-          gemm_block<R>(w, x + m0 * K, y + m0 * N, std::min<int64_t>(MR, c1 - m0), t * R, N, K);
-    });
-  }
-}
-#endif
 
 at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight) {
   TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "dense_linear: tensors must be on the CPU");
@@ -101,9 +60,10 @@ at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight) {
   if (M > MAX_ROWS) {
 #if defined(__AVX512F__)
     if (PROMPT_KERNEL) {
-      if (wt == at::kFloat) gemm(weight.data_ptr<float>(), xp, yp, M, N, K);
-      else if (wt == at::kBFloat16) gemm(weight.data_ptr<at::BFloat16>(), xp, yp, M, N, K);
-      else gemm(weight.data_ptr<at::Half>(), xp, yp, M, N, K);
+      using lmforge_dense::gemm;
+      if (wt == at::kFloat) gemm(weight.data_ptr<float>(), xp, yp, M, N, K, N);
+      else if (wt == at::kBFloat16) gemm(weight.data_ptr<at::BFloat16>(), xp, yp, M, N, K, N);
+      else gemm(weight.data_ptr<at::Half>(), xp, yp, M, N, K, N);
     } else
 #endif
       y = at::mm(x2, weight.to(at::kFloat).t());

@@ -11,7 +11,8 @@
 //         scales fp16 or fp32 [N, G]: w = q * scale.
 //
 // Few activation rows (decode): every weight row is read once and multiplied with up to MAX_ROWS rows of
-// x. Many rows (prefill): the weight is dequantized in panels of rows and multiplied by ATen's GEMM.
+// x. Many rows (prefill): the weight is dequantized in panels of rows and multiplied by the prompt kernel
+// of dense.h (512-bit Zen 5 build) or ATen's GEMM.
 // The ops' act_bits argument (16 or 8) sends decode-sized inputs to quant_act_linear.cpp instead.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -19,6 +20,7 @@
 
 #include <immintrin.h>
 
+#include "dense.h"
 #include "simd.h"
 
 #include <algorithm>
@@ -148,7 +150,8 @@ void gemv_rows(const Rows& w, const float* x, float* y, int64_t M, int64_t N, in
 
 // ---------------------------------------------------------------------------- dequantized GEMM
 
-// y [M, N] = x @ W.T with W dequantized PANEL rows at a time into fp32 and multiplied by ATen's GEMM.
+// y [M, N] = x @ W.T with W dequantized PANEL rows at a time into fp32 and multiplied by the prompt kernel
+// (lmforge_dense::gemm where the build has it) or ATen's GEMM.
 template <typename Rows>
 at::Tensor gemm_dequantized(const Rows& w, const at::Tensor& x, int64_t N) {
   constexpr int64_t PANEL = 256;
@@ -170,6 +173,12 @@ at::Tensor gemm_dequantized(const Rows& w, const at::Tensor& x, int64_t N) {
         }
       }
     });
+#if defined(__AVX512F__)
+    if constexpr (lmforge_dense::PROMPT_KERNEL) {
+      lmforge_dense::gemm(pp, x.data_ptr<float>(), y.data_ptr<float>() + n0, x.size(0), rows, K, N);
+      continue;
+    }
+#endif
     y.narrow(1, n0, rows).copy_(at::mm(x, panel.narrow(0, 0, rows).t()));
   }
   return y;
