@@ -423,8 +423,12 @@ def test_int4_linear_under_torch_compile(native):
 
 
 def _run_kernel_tests(env_change: dict[str, str]):
-    """This file's and the native step's tests (but these) in a subprocess with another build."""
+    """This file's and the native step's tests (but these) in a subprocess with another build, which
+    must build: its tests would skip, not fail, on the reference fallback."""
     env = {**os.environ, **env_change}
+    probe = subprocess.run([sys.executable, "-c", "from lmforge import kernels; print(kernels.backend())"],
+                           env=env, capture_output=True, text=True, timeout=1200)
+    assert probe.stdout.strip() == "native", probe.stdout[-2000:] + probe.stderr[-4000:]
     tests = [__file__, os.path.join(os.path.dirname(__file__), "test_native_step.py")]
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not slow",
                         "-k", "not other_build", *tests], env=env, capture_output=True, text=True, timeout=1200)

@@ -49,11 +49,11 @@ inline void dot_row(const W* w, int64_t K, const float* x, float* y, int64_t ldy
   }
 }
 
-#if defined(__AVX512F__)
 // Prompt-sized products run gemm below where it was measured to beat ATen's GEMM (the 512-bit build for
 // Zen 5, LMFORGE_ZMM = 1), ATen's elsewhere.
 constexpr bool PROMPT_KERNEL = lmforge_simd::HAS_ZMM;
 
+#if defined(__AVX512F__)
 // Prompt-sized products (gemm): y [MR, R] (row stride ldy) = x [MR, K] @ w [R, K].T,
 // R x MR accumulators of 16 lanes along k in registers, then one sum each. The caller runs each tile of
 // R weight rows against every block of MR rows of x, so that the R rows stay in L1/L2 while the blocks
