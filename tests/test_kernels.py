@@ -119,6 +119,7 @@ def test_dense_linear_matches_reference(native, M, wdtype):
             y, ref = kernels.dense_linear(x, w), reference.dense_linear(x, w)
             assert y.shape == (*x.shape[:-1], N)
             assert (y - ref).abs().max().item() <= 2e-5 * ref.abs().max().item() + 1e-5
+        assert kernels.dense_linear(torch.randn(0, K), w).shape == (0, N)  # no rows: nothing read
     with pytest.raises(RuntimeError, match="x has 12 features, the weight 1000"):
         kernels.dense_linear(torch.randn(M, 12), w)
 

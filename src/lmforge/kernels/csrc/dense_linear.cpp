@@ -57,7 +57,9 @@ at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight) {
   at::Tensor y = at::empty({M, N}, x2.options());
   const float* xp = x2.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  if (M > MAX_ROWS) {
+  if (M == 0) {
+    // nothing to multiply
+  } else if (M > MAX_ROWS) {
 #if defined(__AVX512F__)
     if (PROMPT_KERNEL) {
       using lmforge_dense::gemm;
