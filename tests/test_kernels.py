@@ -106,14 +106,15 @@ def test_table_rows_equal_the_dequantized_rows(native, K, dtype):
         kernels.int4_rows(torch.tensor([1.0]), qs, scales, mins)
 
 
-@pytest.mark.parametrize("M", [1, 3, 4, 5, 6, 7, 13, 40])
+@pytest.mark.parametrize("M", [1, 3, 4, 5, 6, 7, 13, 40, 400])
 @pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_dense_linear_matches_reference(native, M, wdtype):
     """dense_linear at decode sizes (up to 4 rows) and prompt sizes (the prompt kernel where the build
-    has it, blocks of 6 rows, tiles of 4 weight rows; ATen's GEMM elsewhere), with weight rows and
-    columns left over: the fp32 product of the widened weight."""
+    has it: blocks of 6 or 4 rows, tiles of 4 or 3 weight rows; in the 256-bit build ATen's GEMM past 384
+    rows; ATen's GEMM elsewhere), with weight rows and columns left over: the fp32 product of the widened
+    weight."""
     g = torch.Generator().manual_seed(9)
-    for N, K in ((37, 40), (8, 96), (13, 1000)):
+    for N, K in ((37, 45), (8, 96), (13, 1000)):
         w = torch.randn(N, K, generator=g).to(wdtype)
         for x in (torch.randn(M, K, generator=g), torch.randn(2, M, K, generator=g)):  # M or 2 M rows
             y, ref = kernels.dense_linear(x, w), reference.dense_linear(x, w)
@@ -440,8 +441,34 @@ def _run_kernel_tests(env_change: dict[str, str]):
                     reason="without VNNI the native build already is the plain AVX2 code")
 def test_other_build_plain_avx2_matches_reference():
     """On a CPU with VNNI the integer products use it; the plain AVX2 code (maddubs + madd), which
-    CPUs without it run, is built with -march=x86-64-v3 and put through the same tests."""
-    _run_kernel_tests({build.ARCH_ENV: "x86-64-v3"})
+    CPUs without it run, is built with -march=x86-64-v3 and put through the same tests, with the 256-bit
+    prompt kernel."""
+    _run_kernel_tests({build.ARCH_ENV: "x86-64-v3", build.PROMPT_ENV: "1"})
+
+
+@pytest.mark.skipif(build.prompt256() or bool({"avx512_vnni", "avx_vnni"} & build.cpu_flags()),
+                    reason="the default build has the 256-bit prompt kernel, or the plain AVX2 build above does")
+def test_other_build_prompt_kernel_matches_reference():
+    """The 256-bit prompt kernel (dense.h, built for AMD CPUs) where the default build lacks it."""
+    _run_kernel_tests({build.PROMPT_ENV: "1", build.ARCH_ENV: "x86-64-v3"})
+
+
+@pytest.mark.parametrize("vendor,family,zmm,env,expected", [
+    ("AuthenticAMD", "23", "", "", True),     # Zen 2: MKL's AMD path (benchmarks/RESULTS.md)
+    ("AuthenticAMD", "26", "1", "", False),   # Zen 5 has the 512-bit one
+    ("AuthenticAMD", "25", "2", "", True),
+    ("GenuineIntel", "6", "", "", False),
+    ("GenuineIntel", "6", "", "1", True),      # LMFORGE_KERNEL_PROMPT decides
+    ("AuthenticAMD", "23", "", "0", False),
+])
+def test_prompt_kernel_chosen_by_cpu(monkeypatch, vendor, family, zmm, env, expected):
+    flags = " ".join(sorted(build.ZMM_FLAGS | {"avx2", "fma", "f16c"})) if zmm else "avx2 fma f16c"
+    monkeypatch.setattr(build, "_cpuinfo", lambda: {"vendor_id": vendor, "cpu family": family, "flags": flags})
+    monkeypatch.setenv(build.PROMPT_ENV, env)
+    monkeypatch.setenv(build.ZMM_ENV, zmm)
+    monkeypatch.delenv(build.ARCH_ENV, raising=False)
+    assert build.prompt256() == expected
+    assert ("-DLMFORGE_PROMPT256=1" in build.cflags()) == expected
 
 
 @pytest.mark.skipif(not build.ZMM_FLAGS <= build.cpu_flags(), reason="the CPU lacks AVX-512 VNNI")

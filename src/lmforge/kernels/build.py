@@ -29,6 +29,9 @@ ARCH_ENV = "LMFORGE_KERNEL_ARCH"
 # none; default: where measured to pay, see zmm_mode).
 ZMM_ENV = "LMFORGE_KERNEL_ZMM"
 ZMM_FLAGS = {"avx512bw", "avx512vl", "avx512_vnni"}
+# dense_linear's own kernel for a prompt's fp32 products in 256-bit vectors ("1" on, "0" off; default:
+# on AMD CPUs without the 512-bit one, see prompt256)
+PROMPT_ENV = "LMFORGE_KERNEL_PROMPT"
 
 
 def arch() -> str:
@@ -38,7 +41,8 @@ def arch() -> str:
 
 def cflags() -> tuple[str, ...]:
     zmm = zmm_mode()
-    return (f"-march={arch()}", *CFLAGS, *((f"-DLMFORGE_ZMM={zmm}",) if zmm else ()))
+    return (f"-march={arch()}", *CFLAGS, *((f"-DLMFORGE_ZMM={zmm}",) if zmm else ()),
+            *(("-DLMFORGE_PROMPT256=1",) if prompt256() else ()))
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -83,6 +87,17 @@ def zmm_mode() -> int:
     return 1 if family >= 26 else 2
 
 
+def prompt256() -> bool:
+    """Whether dense_linear multiplies a prompt's fp32 rows with its own 256-bit kernel (LMFORGE_PROMPT256
+    in dense.h) rather than ATen's GEMM: on AMD CPUs, where MKL's sgemm takes a slow generic path (Zen 2:
+    the kernel ran 1.0-3.2x its speed at 8 to 384 rows, benchmarks/RESULTS.md), unless the 512-bit build
+    has its own (zmm_mode 1, Zen 5). Intel CPUs keep MKL's. LMFORGE_KERNEL_PROMPT=1 / 0 decides."""
+    choice = os.environ.get(PROMPT_ENV, "")
+    if choice in ("0", "1"):
+        return choice == "1"
+    return _cpuinfo().get("vendor_id") == "AuthenticAMD" and zmm_mode() != 1
+
+
 def builds_vnni() -> bool:
     """Whether the native build has VNNI integer dot products (the CPU has them and the build is for it)."""
     flags = cpu_flags()
@@ -94,7 +109,13 @@ def describe_build() -> str:
     products = "AVX2 integer products (no VNNI)"
     if builds_vnni():
         products = "VNNI integer dot products" + {0: "", 1: ", 512-bit", 2: ", 512-bit at several rows"}[zmm_mode()]
-    return f"-march={arch()}, {products}"
+    if zmm_mode() == 1:
+        prompt = "own 512-bit kernel for fp32 prompts"
+    elif prompt256():
+        prompt = "own 256-bit kernel for fp32 prompts"
+    else:
+        prompt = "ATen's GEMM for fp32 prompts"
+    return f"-march={arch()}, {products}, {prompt}"
 
 
 def cache_root() -> Path:

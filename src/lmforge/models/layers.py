@@ -20,7 +20,8 @@ class Linear(nn.Linear):
         if (x.device.type == "cpu" and self.weight.is_contiguous() and self.weight.dtype in kernels.DENSE_DTYPES
                 and kernels.backend() == "native"):
             # bf16 activations stay with ATen for prompts: its AVX-512 BF16 products outrun the prompt
-            # kernel there (509 against 321 GFLOP/s on Zen 5, benchmarks/RESULTS.md)
+            # kernel there (509 against 321 GFLOP/s on Zen 5, benchmarks/RESULTS.md). dense_linear hands
+            # the prompts its kernel does not take (too many rows) to ATen's GEMM itself.
             if x.numel() <= kernels.DENSE_MAX_ROWS * self.in_features or (
                     x.dtype == torch.float32 and kernels.dense_prompt_kernel()):
                 y = kernels.dense_linear(x, self.weight)

@@ -1,5 +1,6 @@
-// The tile of dense_linear.cpp (one weight row x MR activation rows, fp32 accumulation), shared with
-// decode_step.cpp.
+// The tiles of dense_linear.cpp: one weight row x MR activation rows for decode steps (dot_row, shared with
+// decode_step.cpp) and the prompt kernel (gemm, also quant_linear.cpp's dequantized panels), fp32
+// accumulation.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -9,7 +10,6 @@
 #include "simd.h"
 
 #include <algorithm>
-
 #include <cmath>
 #include <cstdint>
 
@@ -49,44 +49,82 @@ inline void dot_row(const W* w, int64_t K, const float* x, float* y, int64_t ldy
   }
 }
 
-// Prompt-sized products run gemm below where it was measured to beat ATen's GEMM (the 512-bit build for
-// Zen 5, LMFORGE_ZMM = 1), ATen's elsewhere.
-constexpr bool PROMPT_KERNEL = lmforge_simd::HAS_ZMM;
+// Prompt-sized products (gemm, below) where they were measured to beat ATen's GEMM, whose MKL sgemm takes a
+// slow generic path on AMD CPUs: in 512-bit vectors on Zen 5 (the 512-bit build, LMFORGE_ZMM = 1), at any
+// number of rows; in 256-bit vectors on other AMD CPUs (LMFORGE_PROMPT256, set by build.py), up to
+// PROMPT_MAX_ROWS rows, past which MKL's packed GEMM caught up (Zen 2: 1.0-3.2x ATen's speed at 8 to 384
+// rows, 0.84-1.01x at 1,024; benchmarks/RESULTS.md). ATen's elsewhere.
+#if defined(__AVX512F__) && defined(LMFORGE_ZMM) && LMFORGE_ZMM == 1 && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define LMFORGE_PROMPT_BITS 512
+#elif defined(LMFORGE_PROMPT256) && LMFORGE_PROMPT256
+#define LMFORGE_PROMPT_BITS 256
+#else
+#define LMFORGE_PROMPT_BITS 0
+#endif
+constexpr bool PROMPT_KERNEL = LMFORGE_PROMPT_BITS > 0;
+// The 256-bit kernel's limits: for whole weights (dense_linear) and for quant_linear.cpp's dequantized
+// panels of 256 weight rows, which it multiplied at 1.03x ATen's speed at 192 rows and 0.93x at 256
+// (SmolLM2 Q4_1 at act-bits 32, TTFT).
+constexpr int64_t PROMPT_MAX_ROWS = LMFORGE_PROMPT_BITS == 512 ? INT64_MAX : 384;
+constexpr int64_t PROMPT_PANEL_MAX_ROWS = LMFORGE_PROMPT_BITS == 512 ? INT64_MAX : 192;
 
-#if defined(__AVX512F__)
-// Prompt-sized products (gemm): y [MR, R] (row stride ldy) = x [MR, K] @ w [R, K].T,
-// R x MR accumulators of 16 lanes along k in registers, then one sum each. The caller runs each tile of
-// R weight rows against every block of MR rows of x, so that the R rows stay in L1/L2 while the blocks
-// pass. On Zen 5 it reaches 240-340 GFLOP/s (2 threads) where ATen's MKL sgemm reaches 107-220
-// (benchmarks/RESULTS.md).
+// Whether gemm takes a product of M activation rows (else ATen's GEMM), with a whole weight or with
+// dequantized panels.
+inline bool prompt_kernel_takes(int64_t M, bool panels = false) {
+  return PROMPT_KERNEL && M <= (panels ? PROMPT_PANEL_MAX_ROWS : PROMPT_MAX_ROWS);
+}
+
+#if LMFORGE_PROMPT_BITS == 512
+// 16 lanes: R x MR = 24 accumulators, R weight vectors and one of x in the 32 registers. On Zen 5 gemm
+// reaches 240-340 GFLOP/s (2 threads) where ATen's MKL sgemm reaches 107-220.
 struct Vec {
   using T = __m512;
-  static constexpr int L = 16, R = 4, MR = 6;  // 24 accumulators, 4 weight vectors, 1 of x
+  static constexpr int L = 16, R = 4, MR = 6;
   static T zero() { return _mm512_setzero_ps(); }
   static T load(const float* p) { return _mm512_loadu_ps(p); }
   static T load(const c10::BFloat16* p) {  // bf16 is the high half of an fp32
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
   }
   static T load(const c10::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static T fmadd(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static float sum(T v) { return _mm512_reduce_add_ps(v); }
 };
+#elif LMFORGE_PROMPT_BITS == 256
+// 8 lanes: R x MR = 12 accumulators, 3 weight vectors and one of x fill the 16 registers: per 8 columns
+// 12 FMAs (6 cycles at two a cycle) against 7 loads. On Zen 2 gemm reaches 120-143 GFLOP/s at 32 rows
+// (2 threads) where ATen's reaches 40-90; 2 x 6 and 4 x 2 / 4 x 3 tiles measured 5-20% slower.
+struct Vec {
+  using T = __m256;
+  static constexpr int L = 8, R = 3, MR = 4;
+  static T zero() { return _mm256_setzero_ps(); }
+  template <typename W>
+  static T load(const W* p) { return load8(p); }
+  static T fmadd(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static float sum(T v) { return hsum(v); }
+};
+#endif
 
+#if LMFORGE_PROMPT_BITS
+// y [MR, R] (row stride ldy) = x [MR, K] @ w [R, K].T: R x MR accumulators of Vec::L lanes along k in
+// registers, then one sum each. The caller runs each tile of R weight rows against every block of MR rows
+// of x, so that the R rows stay in L1/L2 while the blocks pass.
 template <int R, int MR, typename W>
 inline void gemm_tile(const W* w, int64_t K, const float* x, float* y, int64_t ldy) {
-  __m512 acc[R][MR];
+  typename Vec::T acc[R][MR];
   _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
     _Pragma("GCC unroll 8") for (int m = 0; m < MR; ++m) acc[r][m] = Vec::zero();
   const int64_t KL = K / Vec::L * Vec::L;
   for (int64_t k = 0; k < KL; k += Vec::L) {
-    __m512 wv[R];
+    typename Vec::T wv[R];
     _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) wv[r] = Vec::load(w + r * K + k);
     _Pragma("GCC unroll 8") for (int m = 0; m < MR; ++m) {
-      const __m512 xv = Vec::load(x + m * K + k);
-      _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r][m] = _mm512_fmadd_ps(wv[r], xv, acc[r][m]);
+      const typename Vec::T xv = Vec::load(x + m * K + k);
+      _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r][m] = Vec::fmadd(wv[r], xv, acc[r][m]);
     }
   }
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < MR; ++m) {
-      float s = _mm512_reduce_add_ps(acc[r][m]);
+      float s = Vec::sum(acc[r][m]);
       for (int64_t k = KL; k < K; ++k) s += static_cast<float>(w[r * K + k]) * x[m * K + k];
       y[m * ldy + r] = s;
     }
@@ -99,17 +137,13 @@ void gemm_rows(const W* w, const float* x, float* y, int64_t n0, int64_t N, int6
   for (int64_t n = n0; n < N; ++n) gemm_tile<1, MR>(w + n * K, K, x, y + n, ldy);
 }
 
-template <int R, typename W>
+// gemm_rows for a block of mr <= Vec::MR rows of x
+template <int MR = Vec::MR, typename W>
 void gemm_block(const W* w, const float* x, float* y, int64_t mr, int64_t n0, int64_t N, int64_t K, int64_t ldy) {
-  static_assert(Vec::MR == 6, "one case per block height");
-  switch (mr) {
-    case 1: return gemm_rows<R, 1>(w, x, y, n0, N, K, ldy);
-    case 2: return gemm_rows<R, 2>(w, x, y, n0, N, K, ldy);
-    case 3: return gemm_rows<R, 3>(w, x, y, n0, N, K, ldy);
-    case 4: return gemm_rows<R, 4>(w, x, y, n0, N, K, ldy);
-    case 5: return gemm_rows<R, 5>(w, x, y, n0, N, K, ldy);
-    default: return gemm_rows<R, 6>(w, x, y, n0, N, K, ldy);
+  if constexpr (MR > 1) {
+    if (mr < MR) return gemm_block<MR - 1>(w, x, y, mr, n0, N, K, ldy);
   }
+  gemm_rows<Vec::R, MR>(w, x, y, n0, N, K, ldy);
 }
 
 // y [M, N] (row stride ldy) = x [M, K] @ w [N, K].T: tiles of R weight rows over the threads, each
@@ -117,7 +151,8 @@ void gemm_block(const W* w, const float* x, float* y, int64_t mr, int64_t n0, in
 // L2 while the whole weight passes, but of at least X_CHUNK_MIN_ROWS, so that wide weights are not read
 // again for every few rows. (Zen 5's L2 is 1 MiB a core: 1 MiB chunks took 1.2-1.4x the time of
 // 256 KiB ones for the default model's head at 256 to 1,024 rows; with K = 5,632, 6-row chunks lost to
-// ATen at 2,048 rows.)
+// ATen at 2,048 rows. On Zen 2, 512 KiB of L2 a core, 64-128 KiB chunks lost up to 40% at K = 5,632,
+// 512 KiB-1 MiB ones were no faster.)
 constexpr int64_t X_CHUNK_BYTES = 1 << 18, X_CHUNK_MIN_ROWS = 48;
 
 template <typename W>
@@ -129,7 +164,7 @@ void gemm(const W* w, const float* x, float* y, int64_t M, int64_t N, int64_t K,
     at::parallel_for(0, (N + R - 1) / R, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t)
         for (int64_t m0 = c0; m0 < c1; m0 += MR)
-          gemm_block<R>(w, x + m0 * K, y + m0 * ldy, std::min<int64_t>(MR, c1 - m0), t * R, N, K, ldy);
+          gemm_block(w, x + m0 * K, y + m0 * ldy, std::min<int64_t>(MR, c1 - m0), t * R, N, K, ldy);
     });
   }
 }

@@ -1,6 +1,6 @@
 // Dense ops for the decode step. Dense linear layers on x86 CPUs with AVX2 + FMA + F16C: y [M, N] = x [M, K] @ W.T
-// for a few activation rows (M <= MAX_ROWS), W [N, K] row-major in float32, bfloat16 or float16; in the
-// 512-bit build for Zen 5 also for a prompt's rows (lmforge_dense::gemm), elsewhere those go to ATen's GEMM.
+// for a few activation rows (M <= MAX_ROWS), W [N, K] row-major in float32, bfloat16 or float16; on AMD CPUs
+// also for a prompt's rows (lmforge_dense::gemm, up to its PROMPT_MAX_ROWS), elsewhere those go to ATen's GEMM.
 //
 // A decode step is one activation row against every weight: the cost is reading W once from memory.
 // ATen's GEMM is built for large M and streams a [N, K] weight at a fraction of the machine's read
@@ -60,8 +60,8 @@ at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight) {
   if (M == 0) {
     // nothing to multiply
   } else if (M > MAX_ROWS) {
-#if defined(__AVX512F__)
-    if (PROMPT_KERNEL) {
+#if LMFORGE_PROMPT_BITS
+    if (lmforge_dense::prompt_kernel_takes(M)) {
       using lmforge_dense::gemm;
       if (wt == at::kFloat) gemm(weight.data_ptr<float>(), xp, yp, M, N, K, N);
       else if (wt == at::kBFloat16) gemm(weight.data_ptr<at::BFloat16>(), xp, yp, M, N, K, N);

@@ -12,7 +12,7 @@
 //
 // Few activation rows (decode): every weight row is read once and multiplied with up to MAX_ROWS rows of
 // x. Many rows (prefill): the weight is dequantized in panels of rows and multiplied by the prompt kernel
-// of dense.h (512-bit Zen 5 build) or ATen's GEMM.
+// of dense.h (on AMD CPUs, up to its PROMPT_MAX_ROWS) or ATen's GEMM.
 // The ops' act_bits argument (16 or 8) sends decode-sized inputs to quant_act_linear.cpp instead.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -173,8 +173,8 @@ at::Tensor gemm_dequantized(const Rows& w, const at::Tensor& x, int64_t N) {
         }
       }
     });
-#if defined(__AVX512F__)
-    if constexpr (lmforge_dense::PROMPT_KERNEL) {
+#if LMFORGE_PROMPT_BITS
+    if (lmforge_dense::prompt_kernel_takes(x.size(0), /*panels=*/true)) {
       lmforge_dense::gemm(pp, x.data_ptr<float>(), y.data_ptr<float>() + n0, x.size(0), rows, K, N);
       continue;
     }
