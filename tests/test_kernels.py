@@ -424,6 +424,9 @@ def test_int4_linear_under_torch_compile(native):
     print(f"compile + first call: {time.perf_counter() - start:.1f} s")
 
 
+CPU_HAS_VNNI = bool({"avx512_vnni", "avx_vnni"} & build.cpu_flags())  # the plain AVX2 code is then another build
+
+
 def _run_kernel_tests(env_change: dict[str, str]):
     """This file's and the native step's tests (but these) in a subprocess with another build, which
     must build: its tests would skip, not fail, on the reference fallback."""
@@ -437,8 +440,7 @@ def _run_kernel_tests(env_change: dict[str, str]):
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 
 
-@pytest.mark.skipif(not {"avx512_vnni", "avx_vnni"} & build.cpu_flags(),
-                    reason="without VNNI the native build already is the plain AVX2 code")
+@pytest.mark.skipif(not CPU_HAS_VNNI, reason="without VNNI the native build already is the plain AVX2 code")
 def test_other_build_plain_avx2_matches_reference():
     """On a CPU with VNNI the integer products use it; the plain AVX2 code (maddubs + madd), which
     CPUs without it run, is built with -march=x86-64-v3 and put through the same tests, with the 256-bit
@@ -446,7 +448,7 @@ def test_other_build_plain_avx2_matches_reference():
     _run_kernel_tests({build.ARCH_ENV: "x86-64-v3", build.PROMPT_ENV: "1"})
 
 
-@pytest.mark.skipif(build.prompt256() or bool({"avx512_vnni", "avx_vnni"} & build.cpu_flags()),
+@pytest.mark.skipif(build.prompt256() or CPU_HAS_VNNI,
                     reason="the default build has the 256-bit prompt kernel, or the plain AVX2 build above does")
 def test_other_build_prompt_kernel_matches_reference():
     """The 256-bit prompt kernel (dense.h, built for AMD CPUs) where the default build lacks it."""

@@ -183,7 +183,7 @@ def dense_prompt_kernel() -> bool:
     """Whether dense_linear runs a prompt's fp32 rows (more than DENSE_MAX_ROWS) with its own kernel
     rather than ATen's GEMM, whose MKL sgemm takes a slow path on AMD CPUs: in the native build for AMD
     CPUs (build.prompt256; 512-bit on Zen 5, 1.2-4.7x ATen's speed at 5 to 2,048 rows; 256-bit
-    elsewhere up to 384 rows, past which dense_linear hands them to ATen: 1.0-3.2x at 8 to 384 rows on
+    elsewhere up to 384 rows, past which dense_linear hands them to ATen: 0.97-4.7x at 8 to 384 rows on
     Zen 2; benchmarks/RESULTS.md)."""
     global _prompt_kernel
     if _prompt_kernel is None:

@@ -90,7 +90,7 @@ def zmm_mode() -> int:
 def prompt256() -> bool:
     """Whether dense_linear multiplies a prompt's fp32 rows with its own 256-bit kernel (LMFORGE_PROMPT256
     in dense.h) rather than ATen's GEMM: on AMD CPUs, where MKL's sgemm takes a slow generic path (Zen 2:
-    the kernel ran 1.0-3.2x its speed at 8 to 384 rows, benchmarks/RESULTS.md), unless the 512-bit build
+    the kernel ran 0.97-4.7x its speed at 8 to 384 rows, benchmarks/RESULTS.md), unless the 512-bit build
     has its own (zmm_mode 1, Zen 5). Intel CPUs keep MKL's. LMFORGE_KERNEL_PROMPT=1 / 0 decides."""
     choice = os.environ.get(PROMPT_ENV, "")
     if choice in ("0", "1"):

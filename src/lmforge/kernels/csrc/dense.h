@@ -52,7 +52,7 @@ inline void dot_row(const W* w, int64_t K, const float* x, float* y, int64_t ldy
 // Prompt-sized products (gemm, below) where they were measured to beat ATen's GEMM, whose MKL sgemm takes a
 // slow generic path on AMD CPUs: in 512-bit vectors on Zen 5 (the 512-bit build, LMFORGE_ZMM = 1), at any
 // number of rows; in 256-bit vectors on other AMD CPUs (LMFORGE_PROMPT256, set by build.py), up to
-// PROMPT_MAX_ROWS rows, past which MKL's packed GEMM caught up (Zen 2: 1.0-3.2x ATen's speed at 8 to 384
+// PROMPT_MAX_ROWS rows, past which MKL's packed GEMM caught up (Zen 2: 0.97-4.7x ATen's speed at 8 to 384
 // rows, 0.84-1.01x at 1,024; benchmarks/RESULTS.md). ATen's elsewhere.
 #if defined(__AVX512F__) && defined(LMFORGE_ZMM) && LMFORGE_ZMM == 1 && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define LMFORGE_PROMPT_BITS 512
