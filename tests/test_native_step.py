@@ -43,8 +43,10 @@ def qwen2_path(tmp_path_factory):  # q/k/v biases, tied head
 
 
 def decode_both(llm, prompts, steps=6, seed=0):
-    """Logits of `steps` teacher-forced decode steps for a left-padded batch, op by op and through the
-    native plan (each on its own cache); also the two caches at the end."""
+    """Logits of `steps` teacher-forced decode steps for a left-padded batch, op by op, through the
+    native plan's step (input made op by op) and, where the plan takes token ids, its step_tokens
+    (each on its own cache); also the caches at the end. step_tokens' greedy tokens must be numpy's
+    argmax of its logits."""
     eng = llm.engine
     plan = eng.native_plan()
     assert plan is not None, eng.native_plan_reason
@@ -60,6 +62,19 @@ def decode_both(llm, prompts, steps=6, seed=0):
         logits = [eng.forward(feeds[i], eng.decode_batch(P + i, key_valid, pos), cache, True, plan=p)[:, -1]
                   for i in range(steps)]
         out[name] = (torch.stack(logits), cache)
+    if plan.takes_tokens():  # the input made in the plan: the same numbers to the bit
+        cache = eng.new_cache(B, total)
+        batch, key_valid, pos = eng.prefill_batch(batch_in, total)
+        eng.forward(batch_in.tokens, batch, cache, True)
+        logits = []
+        for i in range(steps):
+            greedy = torch.empty(B, dtype=torch.long)
+            logits.append(plan.step_tokens(feeds[i][:, 0], pos, cache.k, cache.v, P + i, key_valid,
+                                           llm.config.sliding_window or 0, greedy))
+            assert greedy.tolist() == logits[-1].numpy().argmax(-1).tolist()
+        assert torch.equal(torch.stack(logits), out["native"][0])
+        assert torch.equal(cache.k, out["native"][1].k) and torch.equal(cache.v, out["native"][1].v)
+        out["tokens"] = (torch.stack(logits), cache)
     return out
 
 
@@ -74,12 +89,16 @@ def assert_same_cache(a, b, atol=1e-4):
         assert excess <= 0, f"the caches differ by {excess:.2e} past the tolerance"
 
 
-def assert_same_step(out, atol=1e-4):
-    (ops, c_ops), (nat, c_nat) = out["ops"], out["native"]
+def assert_same_step(out, atol=1e-4, tokens=True):
+    """The native paths give the op-by-op path's logits and cache; `tokens`: step_tokens is among them."""
+    assert ("tokens" in out) == tokens
+    (ops, c_ops) = out["ops"]
+    nat, c_nat = out["native"]
     err = (ops - nat).abs().max().item()
     assert err <= atol, f"native step logits differ from the op-by-op path by {err:.2e}"
     assert torch.equal(ops.argmax(-1), nat.argmax(-1))
     assert_same_cache(c_ops, c_nat, atol)
+
 
 
 @pytest.mark.parametrize("quantize", [None, "int8", "int4", "int4-g64-asym"])
@@ -247,3 +266,47 @@ def test_kv_cache_dtype_defaults(llama_path):
     assert LLM(llama_path, quantize="int4", act_bits=32).engine.kv_dtype == torch.float32
     assert LLM(llama_path, quantize="int4", kv_cache_dtype="float32").engine.kv_dtype == torch.float32
     assert LLM(llama_path).engine.kv_dtype == torch.float32
+
+
+@pytest.mark.parametrize("case", ["ties", "nan"])
+def test_greedy_tokens_follow_numpy(llama_path, case):
+    """step_tokens' greedy token is numpy's argmax (the first maximum, or the first NaN) across the
+    threads' shares of the head: equal maxima at rows 5 and 300 (one in each thread's half), and
+    NaN logits at rows 7 and 290."""
+    llm = LLM(llama_path)
+    eng = llm.engine
+    head = eng.model.lm_head.weight
+    saved = head.detach().clone()
+    try:
+        with torch.no_grad():
+            w = saved[1]
+            if case == "ties":
+                head.copy_(-w.expand_as(head))
+                head[5] = head[300] = w  # 5 and 300 are the maxima, or everything else ties at the top
+            else:
+                head[7] = head[290] = float("nan")
+        plan = eng.native_plan()
+        batch_in = Prompts.pad([[3, 4, 5, 6], [7, 8]], 0, eng.device)
+        B, P = batch_in.tokens.shape
+        cache = eng.new_cache(B, P + 4)
+        batch, key_valid, pos = eng.prefill_batch(batch_in, P + 4)
+        eng.forward(batch_in.tokens, batch, cache, True)
+        for i, feed in enumerate(([9, 10], [11, 12], [13, 14])):
+            greedy = torch.empty(B, dtype=torch.long)
+            logits = plan.step_tokens(torch.tensor(feed), pos, cache.k, cache.v, P + i, key_valid, 0, greedy)
+            expected = logits.numpy().argmax(-1).tolist()
+            assert greedy.tolist() == expected
+            assert set(expected) <= ({7} if case == "nan" else {0, 5})
+    finally:
+        with torch.no_grad():
+            head.copy_(saved)
+
+
+def test_sliding_window(tmp_path_factory):
+    """A sliding attention window (Mistral): step_tokens masks the slots that left it, as the op-by-op
+    path's windowed mask does."""
+    torch.manual_seed(0)
+    cfg = T.MistralConfig(**DIMS, num_key_value_heads=2, sliding_window=16)
+    llm = LLM(save(tmp_path_factory, "mistral_window", T.MistralForCausalLM(cfg)))
+    assert llm.config.sliding_window == 16
+    assert_same_step(decode_both(llm, [list(range(3, 40)), list(range(5, 20))], steps=4))

@@ -1,7 +1,8 @@
 """Parity with transformers for every family: the definition of correct.
 
 For each tiny random model (tests/family_configs): fp32 logits of a prefill plus 8 cached decode steps
-within 1e-4 of transformers (op by op, and through the native decode step where the family fits it); 32 greedy tokens identical to transformers' generate; a batch of three
+within 1e-4 of transformers (op by op, and through the native decode step where the family fits it,
+given its input or making it from token ids); 32 greedy tokens identical to transformers' generate; a batch of three
 prompts of different lengths (left padding) identical to each prompt run alone."""
 import pytest
 import torch
@@ -29,8 +30,9 @@ def prompt_ids(n, vocab, seed):
     return torch.randint(3, vocab, (n,), generator=g).tolist()
 
 
-def cached_decode_error(hf, llm, plan=None):
-    """Max |logit difference| from transformers over a 12-token prefill and 8 cached decode steps."""
+def cached_decode_error(hf, llm, plan=None, tokens=False):
+    """Max |logit difference| from transformers over a 12-token prefill and 8 cached decode steps (with
+    `tokens`, through plan.step_tokens: the step's input made in the plan)."""
     vocab = llm.config.vocab_size
     ids = prompt_ids(12, vocab, 1)
     steps = prompt_ids(8, vocab, 2)
@@ -42,6 +44,11 @@ def cached_decode_error(hf, llm, plan=None):
     batch, key_valid, pos_table = eng.prefill_batch(Prompts.pad([ids], 0, "cpu"), len(ids) + len(steps))
     ours = [eng.forward(torch.tensor([ids]), batch, cache, last_only=False)[0]]
     for i, t in enumerate(steps):
+        if tokens:
+            window = llm.config.sliding_window or 0
+            ours.append(plan.step_tokens(torch.tensor([t]), pos_table, cache.k, cache.v, len(ids) + i, key_valid,
+                                         window, None))
+            continue
         ours.append(eng.forward(torch.tensor([[t]]), eng.decode_batch(len(ids) + i, key_valid, pos_table),
                                 cache, last_only=True, plan=plan)[0])
     return (torch.cat(ours) - ref[0]).abs().max().item(), full, ref
@@ -64,6 +71,9 @@ def test_native_decode_step_logits(pair):
         pytest.skip(f"{name} runs op by op: {llm.engine.native_plan_reason}")
     err, _, _ = cached_decode_error(hf, llm, plan)
     assert err <= ATOL, f"{name}: max abs logit difference {err:.2e} with the native step"
+    assert plan.takes_tokens(), f"{name}: the plan does not make its input from token ids"
+    err, _, _ = cached_decode_error(hf, llm, plan, tokens=True)
+    assert err <= ATOL, f"{name}: max abs logit difference {err:.2e} with the native step from token ids"
 
 
 def test_greedy_tokens_match_transformers(pair):

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from .. import kernels
-from ..quant.linear import (BlockInt4Linear, BlockInt8Linear, Int4Linear, Int8Linear, QuantLinear,
-                            TiedHead)
+from ..quant.linear import (BlockEmbedding, BlockInt4Linear, BlockInt8Linear, Int4Linear, Int8Linear,
+                            QuantLinear, TiedHead)
 from .layers import Linear, RMSNorm
 
 DISABLE_ENV = "LMFORGE_DECODE_STEP"
@@ -119,4 +119,29 @@ def build(model: nn.Module):
         ids = [plan.add_linear(*spec) for spec in (qkv, o, w_in, w_out)]
         plan.add_layer(*attn_norm, ids[0], ids[1], *mlp_norm, ids[2], ids[3], float(scale))
     plan.set_head(*final, plan.add_linear(*head))
+    _token_inputs(plan, model)
     return plan
+
+
+def _token_inputs(plan, model: nn.Module) -> None:
+    """Give the plan the embedding table and the rope frequencies, so that its step_tokens makes a step's
+    input from token ids itself (Engine.generate); models whose input needs more (an embedding norm or
+    an fp16 table) keep making it op by op."""
+    cfg = model.cfg
+    if model.embed_norm is not None or model.proj_in is not None:
+        return
+    embed = model.embed
+    if isinstance(embed, BlockEmbedding) and embed.dtype == torch.float32:
+        fmt, tensors, _ = _linear(embed.table, set())
+    elif type(embed) is nn.Embedding and embed.weight.dtype == torch.float32 and embed.weight.is_contiguous():
+        fmt, tensors = "dense", [embed.weight.detach()]
+    else:
+        return
+    if cfg.pos == "rope":
+        plan.set_rope(model.inv_freq.float().contiguous())
+    positions = None
+    if model.pos_embed is not None:
+        positions = model.pos_embed.weight.detach()
+        if positions.dtype != torch.float32 or not positions.is_contiguous():
+            return
+    plan.set_embedding(plan.add_linear(fmt, tensors, None), positions, cfg.pos_offset)

@@ -23,6 +23,10 @@
 //   step(x [B, D] fp32, cos/sin [B, 1, 1, rd] fp32 or empty, k_cache/v_cache [layers, B, KV, Lmax, hd] fp32 or fp16,
 //        slot, mask bool [B, 1, 1, L]) -> logits [B, V] fp32
 //   writes the new keys (rotated) and values at `slot` of every layer's cache.
+//   step_tokens(tokens [B] int64, positions [B, T] int64, k_cache, v_cache, slot, key_valid bool [B, T],
+//               window, argmax int64 [B] or None) -> logits [B, V] fp32
+//   the same step with its input made here from token ids (set_embedding, set_rope), and optionally
+//   the greedy tokens: what Engine.generate calls, so that no op runs between two steps.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/custom_class.h>
@@ -36,8 +40,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
+#include <limits>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -124,8 +132,9 @@ class Linear {
  public:
   Linear(const Lin& l, const Team& t) : l_(l), t_(t) {}
 
-  void run(const float* x, const RoundedRows& xr, int64_t M, float* y, float* residual, bool two,
-           const Act* act = nullptr) const {
+  // returns this thread's rows [r0, r1) of y
+  std::pair<int64_t, int64_t> run(const float* x, const RoundedRows& xr, int64_t M, float* y, float* residual,
+                                  bool two, const Act* act = nullptr) const {
     int64_t r0 = 0, r1 = 0;
     for (int64_t m0 = 0; m0 < M; m0 += 4) {
       const int64_t mr = std::min<int64_t>(4, M - m0);
@@ -140,7 +149,7 @@ class Linear {
       r1 = rows.second;
     }
     const float* bias = l_.bias.defined() ? l_.bias.data_ptr<float>() : nullptr;
-    if (!bias && !residual && !act) return;
+    if (!bias && !residual && !act) return {r0, r1};
     const int64_t N = l_.N;
     for (int64_t m = 0; m < M; ++m) {
       float* ym = y + m * N;
@@ -151,6 +160,7 @@ class Linear {
       if (residual)
         for (int64_t n = r0; n < r1; ++n) residual[m * N + n] += ym[n];
     }
+    return {r0, r1};
   }
 
  private:
@@ -208,6 +218,52 @@ class Linear {
   const Lin& l_;
   const Team& t_;
 };
+
+// What a step reads besides x and the caches: rope cos / signed sin [B, rd] (rd = 0: none), the mask
+// (row b's slot l at mask[b * ms0 + l * ms3], slots 0 .. L - 1), and where to put the greedy tokens.
+struct Inputs {
+  const float *cos, *sin;
+  int64_t rd;
+  const bool* mask;
+  int64_t ms0, ms3, L;
+  int64_t* argmax;
+};
+
+// The first maximum of v [n], or its first NaN (numpy's argmax): the greedy token of a row of logits.
+struct Best {
+  int64_t index = -1;  // -1: no values
+  float value = -std::numeric_limits<float>::infinity();
+  bool nan = false;
+};
+
+inline Best first_max(const float* v, int64_t n) {
+  if (n <= 0) return {};
+  __m256 mx = _mm256_set1_ps(-std::numeric_limits<float>::infinity()), unordered = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_loadu_ps(v + i);
+    unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    mx = _mm256_max_ps(mx, x);
+  }
+  float m = lmforge_simd::hmax(mx);
+  bool nan = _mm256_movemask_ps(unordered) != 0;
+  for (; i < n; ++i) {
+    if (std::isnan(v[i])) nan = true;
+    else m = std::max(m, v[i]);
+  }
+  if (nan) {
+    for (i = 0; i < n; ++i)
+      if (std::isnan(v[i])) return {i, v[i], true};
+  }
+  const __m256 mv = _mm256_set1_ps(m);
+  for (i = 0; i + 8 <= n; i += 8) {
+    const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(v + i), mv, _CMP_EQ_OQ));
+    if (hit) return {i + __builtin_ctz(hit), m, false};
+  }
+  for (; i < n; ++i)
+    if (v[i] == m) break;
+  return {i, m, false};
+}
 
 class DecodePlan : public torch::CustomClassHolder {
  public:
@@ -300,40 +356,125 @@ class DecodePlan : public torch::CustomClassHolder {
     head_ = head;
   }
 
+  // The embedding table (a linear added with add_linear: its rows are the tokens' vectors) and the
+  // learned positions (fp32 [P, D], looked up at position + pos_offset) of step_tokens.
+  void set_embedding(int64_t table, const c10::optional<at::Tensor>& positions, int64_t pos_offset) {
+    TORCH_CHECK(table >= 0 && table < static_cast<int64_t>(lins_.size()) && lins_[table].K == D_ && !lins_[table].bias.defined(),
+                "DecodePlan: bad embedding table");
+    if (positions.has_value() && positions->defined()) {
+      const at::Tensor& p = *positions;
+      TORCH_CHECK(p.dim() == 2 && p.size(1) == D_ && p.scalar_type() == at::kFloat && p.is_contiguous() && p.device().is_cpu(),
+                  "DecodePlan: learned positions must be contiguous fp32 [P, ", D_, "]");
+      pos_ = p;
+      pos_offset_ = pos_offset;
+    }
+    embed_ = table;
+  }
+
+  // The rope frequencies of step_tokens (fp32 [rd / 2]): a position p turns channel pair i by p * inv_freq[i].
+  void set_rope(const at::Tensor& inv_freq) {
+    TORCH_CHECK(inv_freq.dim() == 1 && inv_freq.scalar_type() == at::kFloat && inv_freq.is_contiguous() &&
+                    inv_freq.device().is_cpu() && 2 * inv_freq.numel() <= hd_,
+                "DecodePlan: inv_freq must be contiguous fp32 [rd / 2] with rd <= head_dim");
+    inv_freq_ = inv_freq;
+    rope_blocks_.clear();
+  }
+
+  bool takes_tokens() const { return embed_ >= 0; }
+
   at::Tensor step(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, at::Tensor k_cache,
                   at::Tensor v_cache, int64_t slot, const at::Tensor& mask) {
-    TORCH_CHECK(head_ >= 0, "DecodePlan: set_head was not called");
     TORCH_CHECK(x.dim() == 2 && x.size(1) == D_ && x.scalar_type() == at::kFloat && x.device().is_cpu(),
                 "DecodePlan.step: x must be fp32 [B, ", D_, "]");
-    const int64_t B = x.size(0), NL = static_cast<int64_t>(layers_.size());
-    for (const at::Tensor* c : {&k_cache, &v_cache}) {
-      TORCH_CHECK(c->dim() == 5 && c->size(0) == NL && c->size(1) == B && c->size(2) == KV_ && c->size(4) == hd_ &&
-                      (c->scalar_type() == at::kFloat || c->scalar_type() == at::kHalf) &&
-                      c->scalar_type() == k_cache.scalar_type() && c->is_contiguous(),
-                  "DecodePlan.step: the caches must be contiguous fp32 or fp16 [layers, B, KV, Lmax, hd], both alike");
-    }
-    const int64_t Lmax = k_cache.size(3);
-    TORCH_CHECK(slot >= 0 && slot < Lmax, "DecodePlan.step: slot ", slot, " is outside the cache");
+    const int64_t B = x.size(0);
+    check_caches(k_cache, v_cache, B, slot);
     TORCH_CHECK(mask.dim() == 4 && mask.scalar_type() == at::kBool && mask.size(0) == B && mask.size(1) == 1 &&
-                    mask.size(2) == 1 && mask.size(3) > slot && mask.size(3) <= Lmax,
+                    mask.size(2) == 1 && mask.size(3) > slot && mask.size(3) <= k_cache.size(3),
                 "DecodePlan.step: mask must be bool [B, 1, 1, L] with slot < L <= the cache length");
-    const int64_t L = mask.size(3), rd = cos.numel() ? cos.size(-1) : 0;
+    const int64_t rd = cos.numel() ? cos.size(-1) : 0;
     if (rd) {
       TORCH_CHECK(cos.sizes() == sin.sizes() && cos.numel() == B * rd && rd <= hd_ && rd % 2 == 0 &&
                       cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat,
                   "DecodePlan.step: cos and sin must be fp32 [B, 1, 1, rd] with an even rd <= head_dim");
     }
     const at::Tensor cs = cos.contiguous(), sn = sin.contiguous();
-    if (k_cache.scalar_type() == at::kHalf)
-      return run_step(x, cs, sn, k_cache.data_ptr<at::Half>(), v_cache.data_ptr<at::Half>(), Lmax, slot, mask, rd);
-    return run_step(x, cs, sn, k_cache.data_ptr<float>(), v_cache.data_ptr<float>(), Lmax, slot, mask, rd);
+    const Inputs in{rd ? cs.data_ptr<float>() : nullptr, rd ? sn.data_ptr<float>() : nullptr, rd,
+                    mask.data_ptr<bool>(), mask.stride(0), mask.stride(3), mask.size(3), nullptr};
+    return dispatch(x.contiguous(), k_cache, v_cache, slot, in);
+  }
+
+  // The step from token ids: tokens [B] int64, positions [B, T] int64 (the step's are column `slot`),
+  // key_valid [B, T] bool (slot l < T is visible where true; the step sees slots 0 .. slot), window: a
+  // sliding attention window (0: none). The embedding lookup (set_embedding), the rope angles
+  // (set_rope) and the mask are made here, so that no op runs between two steps; with `argmax` [B]
+  // int64 given, also each row's greedy token (the first maximum of its logits, or its first NaN).
+  at::Tensor step_tokens(const at::Tensor& tokens, const at::Tensor& positions, at::Tensor k_cache, at::Tensor v_cache,
+                         int64_t slot, const at::Tensor& key_valid, int64_t window, const c10::optional<at::Tensor>& argmax) {
+    TORCH_CHECK(embed_ >= 0, "DecodePlan.step_tokens: set_embedding was not called");
+    TORCH_CHECK(tokens.dim() == 1 && tokens.scalar_type() == at::kLong && tokens.device().is_cpu(),
+                "DecodePlan.step_tokens: tokens must be int64 [B]");
+    const int64_t B = tokens.size(0);
+    check_caches(k_cache, v_cache, B, slot);
+    TORCH_CHECK(positions.dim() == 2 && positions.scalar_type() == at::kLong && positions.size(0) == B &&
+                    positions.size(1) > slot && positions.device().is_cpu(),
+                "DecodePlan.step_tokens: positions must be int64 [B, T] with T > slot");
+    TORCH_CHECK(key_valid.dim() == 2 && key_valid.scalar_type() == at::kBool && key_valid.size(0) == B &&
+                    key_valid.size(1) > slot && key_valid.device().is_cpu(),
+                "DecodePlan.step_tokens: key_valid must be bool [B, T] with T > slot");
+    int64_t* amax = nullptr;
+    if (argmax.has_value() && argmax->defined()) {
+      TORCH_CHECK(argmax->dim() == 1 && argmax->size(0) == B && argmax->scalar_type() == at::kLong && argmax->is_contiguous(),
+                  "DecodePlan.step_tokens: argmax must be a contiguous int64 [B]");
+      amax = argmax->data_ptr<int64_t>();
+    }
+    const auto tok = tokens.accessor<int64_t, 1>();
+    const auto pos = positions.accessor<int64_t, 2>();
+    const Lin& table = lins_[embed_];
+    at::Tensor x = at::empty({B, D_}, at::kFloat);
+    float* xp = x.data_ptr<float>();
+    for (int64_t b = 0; b < B; ++b) {
+      TORCH_CHECK(tok[b] >= 0 && tok[b] < table.N, "DecodePlan.step_tokens: token ", tok[b], " is outside the vocabulary of ", table.N);
+      embed_row(table, tok[b], xp + b * D_);
+      if (pos_.defined()) {
+        const int64_t p = std::max<int64_t>(0, pos[b][slot]) + pos_offset_;
+        TORCH_CHECK(p < pos_.size(0), "DecodePlan.step_tokens: position ", p, " is past the learned positions");
+        const float* pr = pos_.data_ptr<float>() + p * D_;
+        for (int64_t k = 0; k < D_; ++k) xp[b * D_ + k] += pr[k];
+      }
+    }
+    // rope: each row's cos and signed sin from the plan's tables (rope_rows)
+    const int64_t rd = inv_freq_.defined() ? 2 * inv_freq_.numel() : 0;
+    std::vector<float> cs(B * rd), sn(B * rd);
+    if (rd) {
+      std::lock_guard<std::mutex> lock(rope_mutex_);
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t p = pos[b][slot];
+        TORCH_CHECK(p >= 0, "DecodePlan.step_tokens: negative position ", p);
+        const std::vector<float>& block = rope_block(p / ROPE_BLOCK);
+        const float* row = block.data() + (p % ROPE_BLOCK) * 2 * rd;
+        std::copy(row, row + rd, cs.data() + b * rd);
+        std::copy(row + rd, row + 2 * rd, sn.data() + b * rd);
+      }
+    }
+    const int64_t L = slot + 1;
+    std::vector<uint8_t> windowed;  // the mask within the window, when there is one
+    Inputs in{cs.data(), sn.data(), rd, key_valid.data_ptr<bool>(), key_valid.stride(0), key_valid.stride(1), L, amax};
+    if (window > 0) {
+      const auto kv = key_valid.accessor<bool, 2>();
+      windowed.resize(B * L);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t l = 0; l < L; ++l) windowed[b * L + l] = kv[b][l] && slot - l < window;
+      in.mask = reinterpret_cast<const bool*>(windowed.data());
+      in.ms0 = L;
+      in.ms3 = 1;
+    }
+    return dispatch(x, k_cache, v_cache, slot, in);
   }
 
   // The step, the caches of element type T (float or at::Half: the new rows rounded to it when written).
   template <typename T>
-  at::Tensor run_step(const at::Tensor& x, const at::Tensor& cs, const at::Tensor& sn, T* kc, T* vc, int64_t Lmax,
-                      int64_t slot, const at::Tensor& mask, int64_t rd) {
-    const int64_t B = x.size(0), NL = static_cast<int64_t>(layers_.size()), L = mask.size(3);
+  at::Tensor run_step(const at::Tensor& x, T* kc, T* vc, int64_t Lmax, int64_t slot, const Inputs& in) {
+    const int64_t B = x.size(0), NL = static_cast<int64_t>(layers_.size()), L = in.L, rd = in.rd;
     const int64_t heads = H_ + 2 * KV_, V = lins_[head_].N;
     int64_t widest = std::max(D_, H_ * hd_), nmax = D_;
     for (const Lin& l : lins_) {
@@ -353,10 +494,10 @@ class DecodePlan : public torch::CustomClassHolder {
     float* qkvp = qkv.data();
     float* yp = y.data();
     float* out = logits.data_ptr<float>();
-    const float* cp = rd ? cs.data_ptr<float>() : nullptr;
-    const float* sp = rd ? sn.data_ptr<float>() : nullptr;
-    const bool* mk = mask.data_ptr<bool>();
-    const int64_t ms0 = mask.stride(0), ms3 = mask.stride(3), layer_stride = B * KV_ * Lmax * hd_;
+    const float* cp = in.cos;
+    const float* sp = in.sin;
+    const bool* mk = in.mask;
+    const int64_t ms0 = in.ms0, ms3 = in.ms3, layer_stride = B * KV_ * Lmax * hd_;
     const bool two = act_bits_ == 16;
 
     const int threads = std::max(1, at::get_num_threads());
@@ -365,6 +506,7 @@ class DecodePlan : public torch::CustomClassHolder {
     const int64_t G = H_ / KV_, groups = B * KV_, part_stride = hd_ + 2, C = lmforge_attn::part_count(L);
     const int64_t tasks = groups * C;
     std::vector<float> parts(B * H_ * C * part_stride);  // [B, H, C, hd + 2]
+    std::vector<Best> best(in.argmax ? threads * B : 0);  // each thread's greedy token among its head rows
     // a group's heads from their parts into h; a group split between threads is merged after the barrier
     auto merge_group = [&](int64_t grp) {
       for (int64_t h = grp * G; h < (grp + 1) * G; ++h)  // h = b * H + the head: groups are G heads in a row
@@ -474,9 +616,26 @@ class DecodePlan : public torch::CustomClassHolder {
       prepare(head, hp);
       barrier();
       phase_end(10);
-      Linear(head, t).run(hp, rounded, B, out, nullptr, two);
+      const auto rows = Linear(head, t).run(hp, rounded, B, out, nullptr, two);
+      if (in.argmax) {
+        for (int64_t m = 0; m < B; ++m) {
+          Best b = first_max(out + m * V + rows.first, rows.second - rows.first);
+          if (b.index >= 0) b.index += rows.first;
+          best[t.id * B + m] = b;
+        }
+      }
       barrier();
       phase_end(11);
+      if (in.argmax && t.id == 0) {  // the threads' rows are in order: the first of equal maxima wins
+        for (int64_t m = 0; m < B; ++m) {
+          Best top;
+          for (int i = 0; i < t.n && !top.nan; ++i) {
+            const Best& b = best[i * B + m];
+            if (b.index >= 0 && (top.index < 0 || b.nan || b.value > top.value)) top = b;
+          }
+          in.argmax[m] = top.index;
+        }
+      }
     }
     return logits;
   }
@@ -492,6 +651,72 @@ class DecodePlan : public torch::CustomClassHolder {
   static constexpr int PHASES = 12;
 
  private:
+
+  void check_caches(const at::Tensor& k_cache, const at::Tensor& v_cache, int64_t B, int64_t slot) const {
+    TORCH_CHECK(head_ >= 0, "DecodePlan: set_head was not called");
+    const int64_t NL = static_cast<int64_t>(layers_.size());
+    for (const at::Tensor* c : {&k_cache, &v_cache}) {
+      TORCH_CHECK(c->dim() == 5 && c->size(0) == NL && c->size(1) == B && c->size(2) == KV_ && c->size(4) == hd_ &&
+                      (c->scalar_type() == at::kFloat || c->scalar_type() == at::kHalf) &&
+                      c->scalar_type() == k_cache.scalar_type() && c->is_contiguous() && c->sizes() == k_cache.sizes(),
+                  "DecodePlan: the caches must be contiguous fp32 or fp16 [layers, B, KV, Lmax, hd], both alike");
+    }
+    TORCH_CHECK(slot >= 0 && slot < k_cache.size(3), "DecodePlan: slot ", slot, " is outside the cache");
+  }
+
+  at::Tensor dispatch(const at::Tensor& x, at::Tensor& k_cache, at::Tensor& v_cache, int64_t slot, const Inputs& in) {
+    TORCH_CHECK(in.L <= k_cache.size(3), "DecodePlan: the mask is longer than the cache");
+    if (k_cache.scalar_type() == at::kHalf)
+      return run_step(x, k_cache.data_ptr<at::Half>(), v_cache.data_ptr<at::Half>(), k_cache.size(3), slot, in);
+    return run_step(x, k_cache.data_ptr<float>(), v_cache.data_ptr<float>(), k_cache.size(3), slot, in);
+  }
+
+  // The rope rows of positions [ROPE_BLOCK i, ROPE_BLOCK (i + 1)): per position cos [rd] then the signed
+  // sin [rd], laid out as models/layers.py's rope_cos_sin makes them and computed by the same torch ops
+  // (fp32 angles, torch's cos and sin, whose results do not depend on the tensor's shape), so that
+  // step_tokens rotates exactly as the op-by-op path does. Made when a step first needs one and kept
+  // (8 KiB a block for head size 64). Call with rope_mutex_ held.
+  static constexpr int64_t ROPE_BLOCK = 256;
+  const std::vector<float>& rope_block(int64_t i) {
+    if (i >= static_cast<int64_t>(rope_blocks_.size())) rope_blocks_.resize(i + 1);
+    std::vector<float>& block = rope_blocks_[i];
+    if (!block.empty()) return block;
+    const int64_t half = inv_freq_.numel(), rd = 2 * half;
+    const at::Tensor angles = at::arange(i * ROPE_BLOCK, (i + 1) * ROPE_BLOCK, at::kLong).to(at::kFloat).unsqueeze(1) * inv_freq_;
+    const at::Tensor c = angles.cos().contiguous(), sg = angles.sin().contiguous();
+    const float* cp = c.data_ptr<float>();
+    const float* sp = sg.data_ptr<float>();
+    block.resize(ROPE_BLOCK * 2 * rd);
+    for (int64_t r = 0; r < ROPE_BLOCK; ++r) {
+      float* co = block.data() + r * 2 * rd;
+      float* si = co + rd;
+      for (int64_t j = 0; j < half; ++j) {
+        const int64_t first = interleaved_ ? 2 * j : j, second = interleaved_ ? 2 * j + 1 : j + half;
+        co[first] = co[second] = cp[r * half + j];
+        si[first] = -sp[r * half + j];
+        si[second] = sp[r * half + j];
+      }
+    }
+    return block;
+  }
+
+  // out [K] = row r of the linear l's weight in fp32 (the embedding lookup)
+  static void embed_row(const Lin& l, int64_t r, float* out) {
+    const int64_t K = l.K, G = l.G;
+    switch (l.kind) {
+      case Kind::DENSE_F32: std::copy_n(l.w.data_ptr<float>() + r * K, K, out); return;
+      case Kind::INT4_F16:
+        return decode_row(Int4Codes<at::Half>{{l.w.data_ptr<uint8_t>(), l.scales.data_ptr<at::Half>(), l.mins.numel() ? l.mins.data_ptr<at::Half>() : nullptr, K, G}}, r, out);
+      case Kind::INT4_F32:
+        return decode_row(Int4Codes<float>{{l.w.data_ptr<uint8_t>(), l.scales.data_ptr<float>(), l.mins.numel() ? l.mins.data_ptr<float>() : nullptr, K, G}}, r, out);
+      case Kind::INT8_F16: return decode_row(Int8Codes<at::Half>{{l.w.data_ptr<int8_t>(), l.scales.data_ptr<at::Half>(), K, G}}, r, out);
+      case Kind::INT8_F32: return decode_row(Int8Codes<float>{{l.w.data_ptr<int8_t>(), l.scales.data_ptr<float>(), K, G}}, r, out);
+      case Kind::INT8G_F16:
+        return decode_row(Int8Codes<at::Half, uint8_t>{{l.w.data_ptr<uint8_t>(), l.scales.data_ptr<at::Half>(), K, G}}, r, out);
+      default: return decode_row(Int8Codes<float, uint8_t>{{l.w.data_ptr<uint8_t>(), l.scales.data_ptr<float>(), K, G}}, r, out);
+    }
+  }
+
   struct Layer {
     Norm attn_norm, mlp_norm;
     int64_t qkv, o, in, out;
@@ -522,7 +747,10 @@ class DecodePlan : public torch::CustomClassHolder {
   std::vector<Lin> lins_;
   std::vector<Layer> layers_;
   Norm norm_;
-  int64_t head_ = -1;
+  int64_t head_ = -1, embed_ = -1, pos_offset_ = 0;
+  at::Tensor pos_, inv_freq_;  // step_tokens' learned positions and rope frequencies (undefined: none)
+  std::vector<std::vector<float>> rope_blocks_;
+  std::mutex rope_mutex_;
   bool profiling_ = false;
   double phase_seconds_[PHASES] = {};
 };
@@ -537,6 +765,10 @@ TORCH_LIBRARY_FRAGMENT(lmforge, m) {
       .def("add_layer", &DecodePlan::add_layer)
       .def("set_head", &DecodePlan::set_head)
       .def("step", &DecodePlan::step)
+      .def("set_embedding", &DecodePlan::set_embedding)
+      .def("set_rope", &DecodePlan::set_rope)
+      .def("takes_tokens", &DecodePlan::takes_tokens)
+      .def("step_tokens", &DecodePlan::step_tokens)
       .def("set_profiling", &DecodePlan::set_profiling)
       .def("phase_seconds", &DecodePlan::phase_seconds);
 }

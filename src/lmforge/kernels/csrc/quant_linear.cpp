@@ -36,49 +36,6 @@ constexpr int64_t MAX_ROWS = 4;         // activation rows per pass over the wei
 constexpr int64_t GEMM_MIN_ROWS = 32;   // from this many rows on, dequantize and use ATen's GEMM
 constexpr int64_t PREFETCH_BLOCKS = 8;  // how far ahead in a weight row to prefetch
 
-// ------------------------------------------------------------------------------- weight decoders
-// A decoder gives the 8 integer codes (as fp32) of chunk c (columns 8c .. 8c + 7) of a block of 32
-// columns, and each row's scale (and min) per group. The dot product of a row with x is
-//   sum_g scale[g] * (sum over the group of code * x)  +  sum_g min[g] * (sum over the group of x),
-// so the inner loop only converts codes and multiplies them with x; the group sums of x are made once.
-
-template <typename S>
-struct Int4Rows : Int4Layout<S> {
-  __m256 codes(int64_t r, int64_t b, int c) const {
-    const uint8_t* row = this->row(r);
-    __m128i v;
-    if (b < this->grouped()) {  // 4 bytes of the group: columns 8c .. 8c + 3 low, 8c + 4 .. 8c + 7 high
-      int32_t word;
-      std::memcpy(&word, row + b / GROUP * this->GROUP_BYTES + c * 32 + b % GROUP * 4, 4);
-      const __m128i raw = _mm_cvtsi32_si128(word);
-      v = _mm_and_si128(_mm_unpacklo_epi32(raw, _mm_srli_epi16(raw, 4)), _mm_set1_epi8(0x0F));
-    } else {  // chunks 0, 1: low nibbles of bytes 0-7, 8-15; chunks 2, 3: their high nibbles
-      v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + b * this->BLOCK_BYTES + (c & 1) * 8));
-      v = _mm_and_si128(c < 2 ? v : _mm_srli_epi16(v, 4), _mm_set1_epi8(0x0F));
-    }
-    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
-  }
-};
-
-template <typename S, typename C = int8_t>
-struct Int8Rows : Int8Layout<S, C> {
-  __m256 codes(int64_t r, int64_t b, int c) const {
-    const C* row = this->row(r);
-    __m128i v;
-    if (b < this->grouped()) {  // columns 8c .. 8c + 7 of block j: lane j of the group's vectors 2c, 2c + 1
-      const C* lane = row + b / GROUP * this->GROUP_BYTES + 2 * c * 32 + b % GROUP * 4;
-      int32_t lo, hi;
-      std::memcpy(&lo, lane, 4);
-      std::memcpy(&hi, lane + 32, 4);
-      v = _mm_unpacklo_epi32(_mm_cvtsi32_si128(lo), _mm_cvtsi32_si128(hi));
-    } else {
-      v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + b * this->BLOCK_BYTES + 8 * c));
-    }
-    if constexpr (std::is_same_v<C, uint8_t>) v = _mm_xor_si128(v, _mm_set1_epi8(-128));  // back to int8
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
-  }
-};
-
 // ----------------------------------------------------------------------------------- GEMV tiles
 
 // y[m * N + n0 + r] = dot(weight row n0 + r, x row m) for R weight rows and MR activation rows;
@@ -186,14 +143,13 @@ at::Tensor gemm_dequantized(const Rows& w, const at::Tensor& x, int64_t N) {
 
 // ---------------------------------------------------------------------------------- table rows
 
-// Rows ids [...] of a quantized table in fp32 [..., K] (an embedding lookup): w = q * scale + min, a
-// product and then a sum as in reference.dequantize_*_blocks, so that the rows are bit-identical to it.
+// Rows ids [...] of a quantized table in fp32 [..., K] (an embedding lookup, see decode_row).
 template <typename Rows>
 at::Tensor table_rows(const Rows& w, const at::Tensor& ids, int64_t N, const char* op) {
   TORCH_CHECK(!ids.is_floating_point() && !ids.is_complex() && ids.scalar_type() != at::kBool, op,
               ": ids must be an integer tensor");
   const at::Tensor idx = ids.to(at::kLong).contiguous();
-  const int64_t K = w.K, n = idx.numel(), bpg = K / QK / w.G;
+  const int64_t K = w.K, n = idx.numel();
   const int64_t* ip = idx.data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i)
     TORCH_CHECK(ip[i] >= 0 && ip[i] < N, op, ": id ", ip[i], " is out of range for a table of ", N, " rows");
@@ -201,18 +157,7 @@ at::Tensor table_rows(const Rows& w, const at::Tensor& ids, int64_t N, const cha
   shape.push_back(K);
   at::Tensor out = at::empty(shape, ids.options().dtype(at::kFloat));
   float* op_ = out.data_ptr<float>();
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t r = ip[i];
-    float* o = op_ + i * K;
-    for (int64_t b = 0; b < K / QK; ++b) {
-      const __m256 scale = _mm256_set1_ps(w.scale(r, b / bpg)), min = _mm256_set1_ps(w.min(r, b / bpg));
-      for (int c = 0; c < 4; ++c) {
-        __m256 v = _mm256_mul_ps(w.codes(r, b, c), scale);
-        if constexpr (Rows::HAS_MIN) v = _mm256_add_ps(v, min);
-        _mm256_storeu_ps(o + b * QK + 8 * c, v);
-      }
-    }
-  }
+  for (int64_t i = 0; i < n; ++i) decode_row(w, ip[i], op_ + i * K);
   return out;
 }
 
@@ -271,10 +216,10 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& qs, const at::Tens
   const int64_t G = s.size(1);
   const bool sym = m.numel() == 0;  // min = -8 * scale
   if (s.scalar_type() == at::kHalf) {
-    return run(x, Int4Rows<at::Half>{{qs.data_ptr<uint8_t>(), s.data_ptr<at::Half>(), sym ? nullptr : m.data_ptr<at::Half>(), K, G}},
+    return run(x, Int4Codes<at::Half>{{qs.data_ptr<uint8_t>(), s.data_ptr<at::Half>(), sym ? nullptr : m.data_ptr<at::Half>(), K, G}},
                N, K / 2);
   }
-  return run(x, Int4Rows<float>{{qs.data_ptr<uint8_t>(), s.data_ptr<float>(), sym ? nullptr : m.data_ptr<float>(), K, G}}, N, K / 2);
+  return run(x, Int4Codes<float>{{qs.data_ptr<uint8_t>(), s.data_ptr<float>(), sym ? nullptr : m.data_ptr<float>(), K, G}}, N, K / 2);
 }
 
 at::Tensor int4_rows(const at::Tensor& ids, const at::Tensor& qs, const at::Tensor& scales, const at::Tensor& mins) {
@@ -284,8 +229,8 @@ at::Tensor int4_rows(const at::Tensor& ids, const at::Tensor& qs, const at::Tens
   const int64_t G = s.size(1);
   const bool sym = m.numel() == 0;
   if (s.scalar_type() == at::kHalf)
-    return table_rows(Int4Rows<at::Half>{{qs.data_ptr<uint8_t>(), s.data_ptr<at::Half>(), sym ? nullptr : m.data_ptr<at::Half>(), K, G}}, ids, N, "int4_rows");
-  return table_rows(Int4Rows<float>{{qs.data_ptr<uint8_t>(), s.data_ptr<float>(), sym ? nullptr : m.data_ptr<float>(), K, G}}, ids, N, "int4_rows");
+    return table_rows(Int4Codes<at::Half>{{qs.data_ptr<uint8_t>(), s.data_ptr<at::Half>(), sym ? nullptr : m.data_ptr<at::Half>(), K, G}}, ids, N, "int4_rows");
+  return table_rows(Int4Codes<float>{{qs.data_ptr<uint8_t>(), s.data_ptr<float>(), sym ? nullptr : m.data_ptr<float>(), K, G}}, ids, N, "int4_rows");
 }
 
 at::Tensor int8_rows(const at::Tensor& ids, const at::Tensor& q, const at::Tensor& scales) {
@@ -295,11 +240,11 @@ at::Tensor int8_rows(const at::Tensor& ids, const at::Tensor& q, const at::Tenso
   const int64_t G = s.size(1);
   const bool half = s.scalar_type() == at::kHalf;
   if (q.scalar_type() == at::kByte) {
-    if (half) return table_rows(Int8Rows<at::Half, uint8_t>{{q.data_ptr<uint8_t>(), s.data_ptr<at::Half>(), K, G}}, ids, N, "int8_rows");
-    return table_rows(Int8Rows<float, uint8_t>{{q.data_ptr<uint8_t>(), s.data_ptr<float>(), K, G}}, ids, N, "int8_rows");
+    if (half) return table_rows(Int8Codes<at::Half, uint8_t>{{q.data_ptr<uint8_t>(), s.data_ptr<at::Half>(), K, G}}, ids, N, "int8_rows");
+    return table_rows(Int8Codes<float, uint8_t>{{q.data_ptr<uint8_t>(), s.data_ptr<float>(), K, G}}, ids, N, "int8_rows");
   }
-  if (half) return table_rows(Int8Rows<at::Half>{{q.data_ptr<int8_t>(), s.data_ptr<at::Half>(), K, G}}, ids, N, "int8_rows");
-  return table_rows(Int8Rows<float>{{q.data_ptr<int8_t>(), s.data_ptr<float>(), K, G}}, ids, N, "int8_rows");
+  if (half) return table_rows(Int8Codes<at::Half>{{q.data_ptr<int8_t>(), s.data_ptr<at::Half>(), K, G}}, ids, N, "int8_rows");
+  return table_rows(Int8Codes<float>{{q.data_ptr<int8_t>(), s.data_ptr<float>(), K, G}}, ids, N, "int8_rows");
 }
 
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales) {
@@ -308,11 +253,11 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   const int64_t G = s.size(1);
   const bool half = s.scalar_type() == at::kHalf;
   if (q.scalar_type() == at::kByte) {
-    if (half) return run(x, Int8Rows<at::Half, uint8_t>{{q.data_ptr<uint8_t>(), s.data_ptr<at::Half>(), K, G}}, N, K);
-    return run(x, Int8Rows<float, uint8_t>{{q.data_ptr<uint8_t>(), s.data_ptr<float>(), K, G}}, N, K);
+    if (half) return run(x, Int8Codes<at::Half, uint8_t>{{q.data_ptr<uint8_t>(), s.data_ptr<at::Half>(), K, G}}, N, K);
+    return run(x, Int8Codes<float, uint8_t>{{q.data_ptr<uint8_t>(), s.data_ptr<float>(), K, G}}, N, K);
   }
-  if (half) return run(x, Int8Rows<at::Half>{{q.data_ptr<int8_t>(), s.data_ptr<at::Half>(), K, G}}, N, K);
-  return run(x, Int8Rows<float>{{q.data_ptr<int8_t>(), s.data_ptr<float>(), K, G}}, N, K);
+  if (half) return run(x, Int8Codes<at::Half>{{q.data_ptr<int8_t>(), s.data_ptr<at::Half>(), K, G}}, N, K);
+  return run(x, Int8Codes<float>{{q.data_ptr<int8_t>(), s.data_ptr<float>(), K, G}}, N, K);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 namespace lmforge_simd {
@@ -146,6 +147,63 @@ struct Int8Layout {
   float scale(int64_t r, int64_t g) const { return to_float(scales[r * G + g]); }
   float min(int64_t, int64_t) const { return 0.f; }
 };
+
+// fp32 decoders of the layouts (quant_linear.cpp's products at fp32 activations, and table rows): the 8
+// integer codes (as fp32) of chunk c (columns 8c .. 8c + 7) of block b of row r. The dot product of a
+// row with x is
+//   sum_g scale[g] * (sum over the group of code * x)  +  sum_g min[g] * (sum over the group of x),
+// so the inner loop only converts codes and multiplies them with x; the group sums of x are made once.
+template <typename S>
+struct Int4Codes : Int4Layout<S> {
+  __m256 codes(int64_t r, int64_t b, int c) const {
+    const uint8_t* row = this->row(r);
+    __m128i v;
+    if (b < this->grouped()) {  // 4 bytes of the group: columns 8c .. 8c + 3 low, 8c + 4 .. 8c + 7 high
+      int32_t word;
+      std::memcpy(&word, row + b / GROUP * this->GROUP_BYTES + c * 32 + b % GROUP * 4, 4);
+      const __m128i raw = _mm_cvtsi32_si128(word);
+      v = _mm_and_si128(_mm_unpacklo_epi32(raw, _mm_srli_epi16(raw, 4)), _mm_set1_epi8(0x0F));
+    } else {  // chunks 0, 1: low nibbles of bytes 0-7, 8-15; chunks 2, 3: their high nibbles
+      v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + b * this->BLOCK_BYTES + (c & 1) * 8));
+      v = _mm_and_si128(c < 2 ? v : _mm_srli_epi16(v, 4), _mm_set1_epi8(0x0F));
+    }
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+  }
+};
+
+template <typename S, typename C = int8_t>
+struct Int8Codes : Int8Layout<S, C> {
+  __m256 codes(int64_t r, int64_t b, int c) const {
+    const C* row = this->row(r);
+    __m128i v;
+    if (b < this->grouped()) {  // columns 8c .. 8c + 7 of block j: lane j of the group's vectors 2c, 2c + 1
+      const C* lane = row + b / GROUP * this->GROUP_BYTES + 2 * c * 32 + b % GROUP * 4;
+      int32_t lo, hi;
+      std::memcpy(&lo, lane, 4);
+      std::memcpy(&hi, lane + 32, 4);
+      v = _mm_unpacklo_epi32(_mm_cvtsi32_si128(lo), _mm_cvtsi32_si128(hi));
+    } else {
+      v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + b * this->BLOCK_BYTES + 8 * c));
+    }
+    if constexpr (std::is_same_v<C, uint8_t>) v = _mm_xor_si128(v, _mm_set1_epi8(-128));  // back to int8
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+  }
+};
+
+// out [K] = row r of a quantized table in fp32 (an embedding lookup): w = q * scale + min, a product and
+// then a sum as in reference.dequantize_*_blocks, so that the row is bit-identical to it.
+template <typename Codes>
+inline void decode_row(const Codes& w, int64_t r, float* out) {
+  const int64_t bpg = w.K / QK / w.G;
+  for (int64_t b = 0; b < w.K / QK; ++b) {
+    const __m256 scale = _mm256_set1_ps(w.scale(r, b / bpg)), min = _mm256_set1_ps(w.min(r, b / bpg));
+    for (int c = 0; c < 4; ++c) {
+      __m256 v = _mm256_mul_ps(w.codes(r, b, c), scale);
+      if constexpr (Codes::HAS_MIN) v = _mm256_add_ps(v, min);
+      _mm256_storeu_ps(out + b * QK + 8 * c, v);
+    }
+  }
+}
 
 // Tiles t0 .. t1 - 1 of R rows of an N-row weight: tile(n0, R_tag) for every full tile, tile(n, 1_tag) for
 // each row left over, where the tag is a std::integral_constant so that the callee can use the row count
