@@ -120,6 +120,8 @@ def beam_search(engine: Engine, prompt: list[int], gen: GenerationConfig, eos_id
     improvable = True
     rows = torch.arange(B, device=device)
     plan = engine.native_plan()
+    tokens_in = plan is not None and engine.takes_tokens(plan, cache)  # the step makes its own input
+    window = engine.cfg.sliding_window or 0
 
     for step in range(max_new):
         log_probs = step_log_probs(logits, seen, step, gen, eos)
@@ -141,6 +143,9 @@ def beam_search(engine: Engine, prompt: list[int], gen: GenerationConfig, eos_id
         if seen is not None:
             seen = seen[parents]
             seen[rows, tokens[:, step]] = True
+        if tokens_in:
+            logits = plan.step_tokens(tokens[:, step], pos_table, cache.k, cache.v, P + step, key_valid, window, None)
+            continue
         feed = tokens[:, step: step + 1]  # [B, 1]
         logits = engine.forward(feed, engine.decode_batch(P + step, key_valid, pos_table), cache,
                                 last_only=True, plan=plan)[:, -1]

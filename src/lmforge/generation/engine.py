@@ -75,8 +75,8 @@ class Engine:
         return self._plan[1]
 
     @staticmethod
-    def _takes_tokens(plan, cache) -> bool:
-        """Whether the decode steps can go through plan.step_tokens (see generate)."""
+    def takes_tokens(plan, cache) -> bool:
+        """Whether one-token steps on this cache can go through plan.step_tokens (see generate)."""
         return (plan.takes_tokens() and cache.k.is_contiguous() and cache.v.is_contiguous()
                 and cache.k.dtype in kernels.KV_CACHE_DTYPES)
 
@@ -166,7 +166,7 @@ class Engine:
         # A plan that takes token ids makes each step's input itself and, for greedy decoding without
         # a repetition penalty, picks the next tokens too: between two steps no op runs but the call
         # (on a small model the ops around a step cost ~8% of it, run on caches the weights have evicted).
-        tokens_in = plan is not None and self._takes_tokens(plan, cache)
+        tokens_in = plan is not None and self.takes_tokens(plan, cache)
         native_greedy = tokens_in and not gen.do_sample and seen is None
         window = self.cfg.sliding_window or 0
         eos_set = frozenset(eos.tolist())

@@ -85,9 +85,19 @@ class ModelDrafter:
         self.key_valid, self.pos_table = single_sequence_tables(total_len, self.engine.device)
         self.seen = 0
         self.plan = self.engine.native_plan()  # one-token draft steps run natively where they can
+        self.tokens_in = self.plan is not None and self.engine.takes_tokens(self.plan, self.cache)
+        self.greedy = torch.empty(1, dtype=torch.long)  # the native step's greedy token
 
-    def _feed(self, tokens: list[int]) -> torch.Tensor:
-        """Run tokens [n] at the next slots; logits [V] after the last one."""
+    def _feed(self, tokens: list[int], greedy: bool = False) -> torch.Tensor:
+        """Run tokens [n] at the next slots; logits [V] after the last one. With `greedy`, a native
+        one-token step also leaves its greedy token in self.greedy (and returns None for the logits)."""
+        if len(tokens) == 1 and self.tokens_in:  # the step makes its own input (Engine.generate)
+            slot = self.seen
+            self.seen += 1
+            logits = self.plan.step_tokens(torch.tensor(tokens), self.pos_table, self.cache.k, self.cache.v, slot,
+                                           self.key_valid, self.engine.cfg.sliding_window or 0,
+                                           self.greedy if greedy else None)
+            return None if greedy else logits[0]
         feed = torch.tensor([tokens], device=self.engine.device)
         batch = self.engine.chunk_batch(self.seen, len(tokens), self.key_valid, self.pos_table)
         self.seen += len(tokens)
@@ -97,7 +107,8 @@ class ModelDrafter:
         """Up to k draft tokens after seq and their draft distributions [k, V] (None when greedy)."""
         if k == 0:
             return [], None
-        logits = self._feed(seq[self.seen:])
+        greedy = not gen.do_sample
+        logits = self._feed(seq[self.seen:], greedy)
         tokens, probs = [], []
         for i in range(k):
             if gen.do_sample:
@@ -105,10 +116,10 @@ class ModelDrafter:
                 token = int(torch.multinomial(q, 1, generator=generator))
                 probs.append(q)
             else:
-                token = int(logits.argmax())
+                token = int(self.greedy) if logits is None else int(logits.argmax())
             tokens.append(token)
             if i + 1 < k:
-                logits = self._feed([token])
+                logits = self._feed([token], greedy)
         return tokens, torch.stack(probs) if probs else None
 
     def kept(self, n_valid: int) -> None:
