@@ -310,3 +310,16 @@ def test_sliding_window(tmp_path_factory):
     llm = LLM(save(tmp_path_factory, "mistral_window", T.MistralForCausalLM(cfg)))
     assert llm.config.sliding_window == 16
     assert_same_step(decode_both(llm, [list(range(3, 40)), list(range(5, 20))], steps=4))
+
+
+@pytest.mark.parametrize("quantize", [None, "int4"])
+def test_qk_norms(tmp_path_factory, quantize):
+    """Norms over each head of q and k before rope (Qwen3), with a head size that is not hidden / heads."""
+    torch.manual_seed(0)
+    cfg = T.Qwen3Config(**DIMS, num_key_value_heads=2, head_dim=64)
+    llm = LLM(save(tmp_path_factory, "qwen3", T.Qwen3ForCausalLM(cfg)), quantize=quantize)
+    assert llm.config.qk_norm
+    # with rounded activations, the head norms (which rescale each head) amplify the codes the fp32 sums
+    # in another order turn: 10x the tolerance
+    assert_same_step(decode_both(llm, [list(range(3, 45)), list(range(5, 20))], steps=3),
+                     atol=1e-4 if quantize is None else 1e-3)

@@ -5,10 +5,11 @@ costs (dispatch, the Python around them, a thread fork/join each) are about a th
 ``DecodePlan`` holds references to a model's tensors and runs the layers, the final norm and the head of
 a one-token step as one parallel region. It fits pre-norm decoders with RMSNorm or LayerNorm, rope
 (or learned / no positions, applied before the layers), sequential or parallel blocks, a gated SiLU or
-plain (GELU, ReLU, SiLU) MLP and Linears that are dense (fp32) or in lmforge's int4/int8 block layouts
-with rounded activations (act_bits 16 or 8): Llama, Mistral, Qwen2, SmolLM, TinyLlama, GPT-2, GPT-NeoX,
-GPT-J, CodeGen, Phi, Falcon (rope) and OPT-125m, and their GGUF and lmforge-quantized forms. ALiBi
-(Bloom, MPT, Falcon-RW), post-norm blocks and projected embeddings (OPT-350m), q/k norms, qkv clipping,
+plain (GELU, ReLU, SiLU) MLP, optional norms over each head of q and k, and Linears that are dense (fp32)
+or in lmforge's int4/int8 block layouts with rounded activations (act_bits 16 or 8): Llama, Mistral,
+Qwen2, Qwen3, SmolLM, TinyLlama, GPT-2, GPT-NeoX, GPT-J, CodeGen, Phi (qk_layernorm too), Falcon (rope)
+and OPT-125m, and their GGUF and lmforge-quantized forms. ALiBi (Bloom, MPT, Falcon-RW), post-norm blocks
+and projected embeddings (OPT-350m), qkv clipping,
 fp32 activations for quantized weights (act_bits 32), adapters left unmerged and the CUDA path run op
 by op, as before.
 
@@ -92,9 +93,9 @@ def build(model: nn.Module):
     cfg = model.cfg
     if kernels.backend() != "native":
         raise Unfit("no native kernels")
-    if cfg.post_norm or cfg.pos == "alibi" or cfg.qk_norm or cfg.clip_qkv is not None or cfg.embed_proj_dim:
-        raise Unfit("the architecture (post-norm blocks, ALiBi, q/k norms, qkv clipping and projected "
-                    "embeddings run op by op)")
+    if cfg.post_norm or cfg.pos == "alibi" or cfg.clip_qkv is not None or cfg.embed_proj_dim:
+        raise Unfit("the architecture (post-norm blocks, ALiBi, qkv clipping and projected embeddings run op "
+                    "by op)")
     if cfg.norm not in ("rms", "layer") or (cfg.mlp == "gated" and cfg.act != "silu") or \
             cfg.act not in ("silu", "gelu", "gelu_tanh", "relu"):
         raise Unfit(f"the architecture ({cfg.norm} norms, {cfg.mlp} {cfg.act} MLP)")
@@ -102,8 +103,9 @@ def build(model: nn.Module):
     specs = []
     for block in model.layers:
         attn, mlp = block.attn, block.mlp
+        qk_norm = (*_norm(attn.q_norm), *_norm(attn.k_norm)) if attn.q_norm is not None else None
         specs.append((_norm(block.attn_norm), _linear(attn.wqkv, bits), _linear(attn.wo, bits),
-                      _norm(block.mlp_norm), _linear(mlp.w_in, bits), _linear(mlp.w_out, bits), attn.scale))
+                      _norm(block.mlp_norm), _linear(mlp.w_in, bits), _linear(mlp.w_out, bits), attn.scale, qk_norm))
     head = _linear(model.lm_head, bits)
     final = _norm(model.norm)
     if len(bits) > 1:
@@ -115,9 +117,11 @@ def build(model: nn.Module):
     plan = torch.classes.lmforge.DecodePlan(cfg.dim, attn0.n_heads, attn0.n_kv, attn0.hd, float(cfg.norm_eps),
                                             bool(cfg.rope_interleaved), act_bits, cfg.norm, bool(cfg.parallel_block),
                                             cfg.mlp, cfg.act)
-    for attn_norm, qkv, o, mlp_norm, w_in, w_out, scale in specs:
+    for attn_norm, qkv, o, mlp_norm, w_in, w_out, scale, qk_norm in specs:
         ids = [plan.add_linear(*spec) for spec in (qkv, o, w_in, w_out)]
         plan.add_layer(*attn_norm, ids[0], ids[1], *mlp_norm, ids[2], ids[3], float(scale))
+        if qk_norm is not None:
+            plan.set_qk_norm(*qk_norm)
     plan.set_head(*final, plan.add_linear(*head))
     _token_inputs(plan, model)
     return plan

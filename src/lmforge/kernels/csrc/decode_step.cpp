@@ -347,7 +347,15 @@ class DecodePlan : public torch::CustomClassHolder {
     const int64_t hidden = gated_ ? lins_[w_in].N / 2 : lins_[w_in].N;
     TORCH_CHECK(lins_[w_in].K == D_ && (!gated_ || lins_[w_in].N % 2 == 0), "DecodePlan: the MLP input must be [(2) hidden, D]");
     TORCH_CHECK(lins_[w_out].K == hidden && lins_[w_out].N == D_, "DecodePlan: the MLP output must be [D, hidden]");
-    layers_.push_back(Layer{n1, n2, qkv, o, w_in, w_out, static_cast<float>(scale)});
+    layers_.push_back(Layer{n1, n2, Norm{}, Norm{}, qkv, o, w_in, w_out, static_cast<float>(scale)});
+  }
+
+  // Norms over each head of q and k, before rope (Qwen3, Phi's qk_layernorm), for the last added layer.
+  void set_qk_norm(const at::Tensor& q_weight, const c10::optional<at::Tensor>& q_bias, const at::Tensor& k_weight,
+                   const c10::optional<at::Tensor>& k_bias) {
+    TORCH_CHECK(!layers_.empty(), "DecodePlan: set_qk_norm follows add_layer");
+    layers_.back().q_norm = make_norm(q_weight, q_bias, hd_);
+    layers_.back().k_norm = make_norm(k_weight, k_bias, hd_);
   }
 
   void set_head(const c10::optional<at::Tensor>& norm, const c10::optional<at::Tensor>& norm_bias, int64_t head) {
@@ -515,7 +523,7 @@ class DecodePlan : public torch::CustomClassHolder {
 #pragma omp parallel num_threads(threads)
     {
       const Team t{omp_get_thread_num(), omp_get_num_threads()};
-      std::vector<float> qrot(G * hd_), p(G * lmforge_attn::PART), krot(hd_);
+      std::vector<float> qrot(G * hd_), p(G * lmforge_attn::PART), krot(hd_), knorm(hd_);
       auto split = [&](int64_t grp) { return t.owner(tasks, grp * C) != t.owner(tasks, (grp + 1) * C - 1); };
       auto clock = std::chrono::steady_clock::now();
       auto phase_end = [&](int phase) {  // after a barrier: thread 0 books the time since the last one
@@ -556,17 +564,26 @@ class DecodePlan : public torch::CustomClassHolder {
           const int64_t b = task / KV_, j = task % KV_;
           const float* k = qkvp + (b * heads + H_ + j) * hd_;
           const int64_t at = ((b * KV_ + j) * Lmax + slot) * hd_;
+          if (layer.k_norm.defined()) {
+            layer.k_norm.apply(k, hd_, eps_, knorm.data());
+            k = knorm.data();
+          }
           lmforge_attn::rotate(k, krot.data(), cp + b * rd, sp + b * rd, rd, hd_, interleaved_);
           lmforge_attn::store_row(krot.data(), kl + at, hd_);
-          lmforge_attn::store_row(k + KV_ * hd_, vl + at, hd_);
+          lmforge_attn::store_row(qkvp + (b * heads + H_ + KV_ + j) * hd_, vl + at, hd_);
         }
         barrier();
         phase_end(2);
         for (int64_t task = t.begin(tasks); task < t.end(tasks); ++task) {
           const int64_t b = task / (KV_ * C), j = task / C % KV_, c = task % C, h0 = j * G;
-          for (int64_t g = 0; g < G; ++g)
-            lmforge_attn::rotate(qkvp + (b * heads + h0 + g) * hd_, qrot.data() + g * hd_, cp + b * rd, sp + b * rd, rd,
-                                 hd_, interleaved_);
+          for (int64_t g = 0; g < G; ++g) {
+            const float* q = qkvp + (b * heads + h0 + g) * hd_;
+            if (layer.q_norm.defined()) {
+              layer.q_norm.apply(q, hd_, eps_, knorm.data());
+              q = knorm.data();
+            }
+            lmforge_attn::rotate(q, qrot.data() + g * hd_, cp + b * rd, sp + b * rd, rd, hd_, interleaved_);
+          }
           const int64_t base = (b * KV_ + j) * Lmax * hd_, l0 = c * lmforge_attn::PART;
           lmforge_attn::attend_part(qrot.data(), G, kl + base, vl + base, mk + b * ms0, ms3, l0,
                                     std::min(L, l0 + lmforge_attn::PART), hd_, layer.scale,
@@ -718,15 +735,17 @@ class DecodePlan : public torch::CustomClassHolder {
   }
 
   struct Layer {
-    Norm attn_norm, mlp_norm;
+    Norm attn_norm, mlp_norm, q_norm, k_norm;  // q_norm / k_norm: over each head (or undefined)
     int64_t qkv, o, in, out;
     float scale;
   };
 
-  Norm make_norm(const at::Tensor& w, const c10::optional<at::Tensor>& b) const {
+  // a norm over `size` values (default: the model width)
+  Norm make_norm(const at::Tensor& w, const c10::optional<at::Tensor>& b, int64_t size = -1) const {
+    if (size < 0) size = D_;
     auto check = [&](const at::Tensor& t) {
-      TORCH_CHECK(t.scalar_type() == at::kFloat && t.numel() == D_ && t.is_contiguous() && t.device().is_cpu(),
-                  "DecodePlan: norm weights and biases must be contiguous fp32 [", D_, "]");
+      TORCH_CHECK(t.scalar_type() == at::kFloat && t.numel() == size && t.is_contiguous() && t.device().is_cpu(),
+                  "DecodePlan: norm weights and biases must be contiguous fp32 [", size, "]");
     };
     check(w);
     Norm n{layer_norm_, w, at::Tensor()};
@@ -764,6 +783,7 @@ TORCH_LIBRARY_FRAGMENT(lmforge, m) {
       .def("add_linear", &DecodePlan::add_linear)
       .def("add_layer", &DecodePlan::add_layer)
       .def("set_head", &DecodePlan::set_head)
+      .def("set_qk_norm", &DecodePlan::set_qk_norm)
       .def("step", &DecodePlan::step)
       .def("set_embedding", &DecodePlan::set_embedding)
       .def("set_rope", &DecodePlan::set_rope)
