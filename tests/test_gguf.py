@@ -51,7 +51,8 @@ def gguf_name(hf_name: str) -> str:
     layer, rest = hf_name.split(".")[2], ".".join(hf_name.split(".")[3:])
     names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
              "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+             "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
     module, kind = rest.rsplit(".", 1)
     return f"blk.{layer}.{names[module]}.{kind}"
 
@@ -69,7 +70,11 @@ def write_gguf(hf, path, arch="llama", qtype=Q.F32, rope_freqs=None, seed=0):
     w.add_head_count_kv(c.num_key_value_heads)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_rope_freq_base(c.rope_parameters["rope_theta"])
-    w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    if head_dim != c.hidden_size // c.num_attention_heads:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    w.add_rope_dimension_count(head_dim)
     w.add_vocab_size(c.vocab_size)
     if rope_freqs is not None:
         w.add_tensor("rope_freqs.weight", rope_freqs)
@@ -152,16 +157,23 @@ def tiny(kind: str):
         return T.LlamaForCausalLM(T.LlamaConfig(**DIMS, rope_parameters=rope)).eval()
     if kind == "qwen2":
         return T.Qwen2ForCausalLM(T.Qwen2Config(**DIMS, tie_word_embeddings=True)).eval()
+    if kind == "qwen3":  # q/k norms, a head size (128) that is not hidden / heads
+        return T.Qwen3ForCausalLM(T.Qwen3Config(**DIMS, head_dim=128, tie_word_embeddings=True)).eval()
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind", ["llama", "llama_tied", "qwen2"])
+def arch_of(kind: str) -> str:
+    return kind if kind in ("qwen2", "qwen3") else "llama"
+
+
+@pytest.mark.parametrize("kind", ["llama", "llama_tied", "qwen2", "qwen3"])
 def test_fp32_gguf_matches_transformers_model(kind, tmp_path):
     hf = tiny(kind)
-    path = write_gguf(hf, tmp_path / f"{kind}.gguf", arch="qwen2" if kind == "qwen2" else "llama")
+    path = write_gguf(hf, tmp_path / f"{kind}.gguf", arch=arch_of(kind))
     llm = LLM(str(path))
     assert llm.config.tie_embeddings == hf.config.tie_word_embeddings
     assert llm.config.qkv_bias == (kind == "qwen2")
+    assert llm.config.qk_norm == (kind == "qwen3")
     assert_logits_match(llm, hf)
 
 
@@ -184,15 +196,14 @@ def test_quantized_gguf_matches_transformers_reading(qtype, tmp_path):
     assert_logits_match(llm, hf)
 
 
-@pytest.mark.parametrize("kind", ["llama", "llama_tied", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "llama_tied", "qwen2", "qwen3"])
 @pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q4_1], ids=lambda q: q.name)
 def test_native_blocks_match_their_definition(qtype, kind, tmp_path):
     """Q4_0 / Q4_1 / Q8_0 run natively: every decoder Linear (and the embedding, and a tied head) keeps
     the file's blocks, and the logits are those of the dequantized weights."""
     from lmforge.quant.linear import BLOCK_FORMATS, BlockEmbedding, TiedHead
 
-    path = write_gguf(tiny(kind), tmp_path / f"{kind}-{qtype.name}.gguf", arch="qwen2" if kind == "qwen2" else "llama",
-                      qtype=qtype)
+    path = write_gguf(tiny(kind), tmp_path / f"{kind}-{qtype.name}.gguf", arch=arch_of(kind), qtype=qtype)
     native, floats = LLM(str(path), act_bits=32), LLM(str(path), dequantize=True)  # fp32 activations: exact
     linears = [m for layer in native.model.layers for m in (layer.attn.wqkv, layer.attn.wo, layer.mlp.w_in,
                                                             layer.mlp.w_out)]
@@ -434,7 +445,7 @@ def test_not_a_gguf_file(tmp_path):
 
 def test_unsupported_gguf_architecture_lists_supported():
     vocab_only = need(SHARED / "gguf-vocab/ggml-vocab-falcon.gguf")
-    with pytest.raises(LmforgeError, match=r"unsupported GGUF architecture 'falcon'; supported: llama, qwen2"):
+    with pytest.raises(LmforgeError, match=r"unsupported GGUF architecture 'falcon'; supported: llama, qwen2, qwen3"):
         GGUFSource(vocab_only)
 
 

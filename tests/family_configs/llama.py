@@ -28,4 +28,8 @@ def qwen2():
     return T.Qwen2ForCausalLM(T.Qwen2Config(**COMMON, num_key_value_heads=2))
 
 
-CASES = {f.__name__: f for f in (llama, llama3_rope_scaling, llama_linear_rope_bias, mistral, qwen2)}
+def qwen3():  # q/k RMSNorm per head, head size 32 (not hidden / heads), tied head
+    return T.Qwen3ForCausalLM(T.Qwen3Config(**COMMON, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True))
+
+
+CASES = {f.__name__: f for f in (llama, llama3_rope_scaling, llama_linear_rope_bias, mistral, qwen2, qwen3)}

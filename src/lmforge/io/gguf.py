@@ -87,7 +87,7 @@ def unpermute_k(t: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
 # ------------------------------------------------------------------------------ architectures
 
 def llama_config(meta: dict[str, Any], arch: str, hf_architecture: str) -> ModelConfig:
-    """ModelConfig from ``{arch}.*`` keys; shared by llama (Llama, Mistral) and qwen2."""
+    """ModelConfig from ``{arch}.*`` keys; shared by llama (Llama, Mistral), qwen2 and qwen3."""
     def key(name, default=None):
         value = meta.get(f"{arch}.{name}", default)
         if value is None:
@@ -146,6 +146,8 @@ def gguf_rules(permuted_qk: bool) -> tuple[Rule, ...]:
         Rule(b + r"attn_k" + part, "layers.{0}.attn.wqkv.{1}", "k", k),
         Rule(b + r"attn_v" + part, "layers.{0}.attn.wqkv.{1}", "v"),
         Rule(b + r"attn_output" + part, "layers.{0}.attn.wo.{1}"),
+        Rule(b + r"attn_q_norm\.weight", "layers.{0}.attn.q_norm.weight"),  # qwen3
+        Rule(b + r"attn_k_norm\.weight", "layers.{0}.attn.k_norm.weight"),
         Rule(b + r"ffn_gate" + part, "layers.{0}.mlp.w_in.{1}", "gate"),
         Rule(b + r"ffn_up" + part, "layers.{0}.mlp.w_in.{1}", "up"),
         Rule(b + r"ffn_down" + part, "layers.{0}.mlp.w_out.{1}"),
@@ -161,10 +163,12 @@ def _family(arch: str, hf_architecture: str, permuted_qk: bool) -> Family:
                   ignore=(r"rope_freqs\.weight",))  # read into the config by GGUFSource
 
 
-# GGUF ``general.architecture`` -> family. llama.cpp permutes q/k rows for llama, not for qwen2 (NeoX rope).
+# GGUF ``general.architecture`` -> family. llama.cpp permutes q/k rows for llama, not for qwen2 / qwen3
+# (NeoX rope).
 GGUF_ARCHITECTURES: dict[str, Family] = {
     "llama": _family("llama", "LlamaForCausalLM", permuted_qk=True),
     "qwen2": _family("qwen2", "Qwen2ForCausalLM", permuted_qk=False),
+    "qwen3": _family("qwen3", "Qwen3ForCausalLM", permuted_qk=False),
 }
 
 
@@ -191,6 +195,7 @@ def tensor_facts(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
         "qkv_bias": "blk.0.attn_q.bias" in shapes,
         "o_bias": "blk.0.attn_output.bias" in shapes,
         "mlp_bias": "blk.0.ffn_up.bias" in shapes,
+        "qk_norm": "blk.0.attn_q_norm.weight" in shapes,
     }
 
 

@@ -1,4 +1,5 @@
-"""Llama 2/3 (incl. GQA and llama3/linear rope scaling), Mistral and Qwen2: one layout, three configs."""
+"""Llama 2/3 (incl. GQA and llama3/linear rope scaling), Mistral, Qwen2 and Qwen3: one layout, four
+configs (Qwen3 adds an RMSNorm over each head of q and k, before rope)."""
 from __future__ import annotations
 
 from ..config import ModelConfig
@@ -8,8 +9,8 @@ from .base import Family, Rule, hf_activation, hf_rope, hf_tokens
 def config_from_hf(c: dict) -> ModelConfig:
     theta, scaling = hf_rope(c)
     arch = c["architectures"][0]
-    qwen2 = arch == "Qwen2ForCausalLM"
-    sliding = c.get("sliding_window") if (not qwen2 or c.get("use_sliding_window")) else None
+    qwen2, qwen3 = arch == "Qwen2ForCausalLM", arch == "Qwen3ForCausalLM"
+    sliding = c.get("sliding_window") if (not (qwen2 or qwen3) or c.get("use_sliding_window")) else None
     attn_bias = c.get("attention_bias", False)
     return ModelConfig(
         architecture=arch,
@@ -30,6 +31,7 @@ def config_from_hf(c: dict) -> ModelConfig:
         qkv_bias=True if qwen2 else attn_bias,
         o_bias=False if qwen2 else attn_bias,
         mlp_bias=c.get("mlp_bias", False),
+        qk_norm=qwen3,
         tie_embeddings=c.get("tie_word_embeddings", False),
         **hf_tokens(c),
     )
@@ -44,6 +46,8 @@ RULES = (
     Rule(L + r"self_attn\.k_proj\.(weight|bias)", "layers.{0}.attn.wqkv.{1}", "k"),
     Rule(L + r"self_attn\.v_proj\.(weight|bias)", "layers.{0}.attn.wqkv.{1}", "v"),
     Rule(L + r"self_attn\.o_proj\.(weight|bias)", "layers.{0}.attn.wo.{1}"),
+    Rule(L + r"self_attn\.q_norm\.weight", "layers.{0}.attn.q_norm.weight"),  # Qwen3
+    Rule(L + r"self_attn\.k_norm\.weight", "layers.{0}.attn.k_norm.weight"),
     Rule(L + r"mlp\.gate_proj\.(weight|bias)", "layers.{0}.mlp.w_in.{1}", "gate"),
     Rule(L + r"mlp\.up_proj\.(weight|bias)", "layers.{0}.mlp.w_in.{1}", "up"),
     Rule(L + r"mlp\.down_proj\.(weight|bias)", "layers.{0}.mlp.w_out.{1}"),
@@ -53,7 +57,7 @@ RULES = (
 
 FAMILY = Family(
     name="llama",
-    architectures=("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"),
+    architectures=("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"),
     config_from_hf=config_from_hf,
     rules=RULES,
     ignore=(r".*rotary_emb\.inv_freq",),

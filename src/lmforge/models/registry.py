@@ -11,6 +11,7 @@ ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "llama",
     "Qwen2ForCausalLM": "llama",
+    "Qwen3ForCausalLM": "llama",
     "GPTNeoXForCausalLM": "gpt_neox",
     "GPTJForCausalLM": "gptj",
     "GPT2LMHeadModel": "gpt2",
