@@ -121,7 +121,6 @@ def beam_search(engine: Engine, prompt: list[int], gen: GenerationConfig, eos_id
     rows = torch.arange(B, device=device)
     plan = engine.native_plan()
     tokens_in = plan is not None and engine.takes_tokens(plan, cache)  # the step makes its own input
-    window = engine.cfg.sliding_window or 0
 
     for step in range(max_new):
         log_probs = step_log_probs(logits, seen, step, gen, eos)
@@ -144,7 +143,7 @@ def beam_search(engine: Engine, prompt: list[int], gen: GenerationConfig, eos_id
             seen = seen[parents]
             seen[rows, tokens[:, step]] = True
         if tokens_in:
-            logits = plan.step_tokens(tokens[:, step], pos_table, cache.k, cache.v, P + step, key_valid, window, None)
+            logits = engine.step_tokens(plan, tokens[:, step], P + step, key_valid, pos_table, cache)
             continue
         feed = tokens[:, step: step + 1]  # [B, 1]
         logits = engine.forward(feed, engine.decode_batch(P + step, key_valid, pos_table), cache,

@@ -76,9 +76,15 @@ class Engine:
 
     @staticmethod
     def takes_tokens(plan, cache) -> bool:
-        """Whether one-token steps on this cache can go through plan.step_tokens (see generate)."""
+        """Whether one-token steps on this cache can go through step_tokens (see generate)."""
         return (plan.takes_tokens() and cache.k.is_contiguous() and cache.v.is_contiguous()
                 and cache.k.dtype in kernels.KV_CACHE_DTYPES)
+
+    def step_tokens(self, plan, tokens, slot: int, key_valid, pos_table, cache, greedy=None) -> torch.Tensor:
+        """Logits [B, V] of one decode step of tokens [B] at cache slot `slot`, its input made in the plan
+        (takes_tokens); with greedy [B] int64 given, the step also writes each row's greedy token there."""
+        return plan.step_tokens(tokens, pos_table, cache.k, cache.v, slot, key_valid, self.cfg.sliding_window or 0,
+                                greedy)
 
     @property
     def native_plan_reason(self) -> str | None:
@@ -168,7 +174,6 @@ class Engine:
         # (on a small model the ops around a step cost ~8% of it, run on caches the weights have evicted).
         tokens_in = plan is not None and self.takes_tokens(plan, cache)
         native_greedy = tokens_in and not gen.do_sample and seen is None
-        window = self.cfg.sliding_window or 0
         eos_set = frozenset(eos.tolist())
         greedy = None  # the plan's greedy tokens from the last step
 
@@ -197,7 +202,7 @@ class Engine:
             feed = torch.where(done, torch.full_like(token, pad_id), token) if finished else token
             if tokens_in:
                 greedy = torch.empty(B, dtype=torch.long) if native_greedy else None
-                logits = plan.step_tokens(feed, pos_table, cache.k, cache.v, slot, key_valid, window, greedy)
+                logits = self.step_tokens(plan, feed, slot, key_valid, pos_table, cache, greedy)
             else:
                 logits = self.forward(feed[:, None], self.decode_batch(slot, key_valid, pos_table), cache,
                                       last_only=True, plan=plan)[:, -1]

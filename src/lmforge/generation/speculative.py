@@ -94,9 +94,8 @@ class ModelDrafter:
         if len(tokens) == 1 and self.tokens_in:  # the step makes its own input (Engine.generate)
             slot = self.seen
             self.seen += 1
-            logits = self.plan.step_tokens(torch.tensor(tokens), self.pos_table, self.cache.k, self.cache.v, slot,
-                                           self.key_valid, self.engine.cfg.sliding_window or 0,
-                                           self.greedy if greedy else None)
+            logits = self.engine.step_tokens(self.plan, torch.tensor(tokens), slot, self.key_valid, self.pos_table,
+                                             self.cache, self.greedy if greedy else None)
             return None if greedy else logits[0]
         feed = torch.tensor([tokens], device=self.engine.device)
         batch = self.engine.chunk_batch(self.seen, len(tokens), self.key_valid, self.pos_table)
