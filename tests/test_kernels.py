@@ -178,6 +178,22 @@ def test_rounded_activation_linears_match_reference(native, bits, M, N, K, dtype
 
 
 @pytest.mark.parametrize("bits", [16, 8])
+@pytest.mark.parametrize("M", [1, 2, 4])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_rounded_activations_at_the_extremes(native, bits, M, sign):
+    """Every int4 code 15 against activations that round to +-127 in every block: the tiles' int16 pair
+    sums reach their bound (8 vectors x 2 x 15 x 127 per group) and must not wrap."""
+    N, K = 6, 576
+    qs = torch.full((N, K // 2), 0xFF, dtype=torch.uint8)
+    scales = torch.full((N, K // 32), 0.01, dtype=torch.float16)
+    mins = torch.zeros(N, K // 32, dtype=torch.float16)
+    x = torch.full((M, K), sign * 2.5)
+    x[:, ::7] = sign * 2.499  # a second plane that is not all zeros
+    y = kernels.int4_linear(x, qs, scales, mins, bits)
+    assert_matches_reference(y, reference.int4_linear(x, qs, scales, mins, act_bits=bits))
+
+
+@pytest.mark.parametrize("bits", [16, 8])
 def test_rounded_activations_for_long_prompts(native, bits):
     """Past 1,024 rows of x the kernels round and multiply in chunks of rows, with the same result as
     the reference's rounding; act_bits 32 stays the exact fp32 product."""

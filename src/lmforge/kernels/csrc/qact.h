@@ -324,8 +324,10 @@ struct Int4Rows : Int4Layout<S> {
   // (pair_sums), and one madd per plane then widens them, with 254 for plane a: per 64 weights 4
   // multiplies and 4 adds, against 6 multiplies and 4 adds when each piece's sums were widened (A/B
   // harness on Zen 3, 1 activation row: 0.84-0.96x the time). Exact: a pair sums at most 2 * 15 * 127 =
-  // 3810 in magnitude, the group's 8 vectors 30480 < 2^15. One plane (act-bits 8) measured 0.98-1.20x
-  // the time that way and keeps dot2.
+  // 3810 in magnitude, the group's 8 vectors 30480 < 2^15. One plane (act-bits 8) takes them from two
+  // activation rows on: 2 multiplies and 2 adds per 64 weights and row against 3 and 2 (A/B harness on
+  // Zen 2, one multiply port, 4 rows: 0.80-0.87x the time at K = 576 and 1,536); at one row it measured
+  // 0.98-1.20x the time on Zen 3 and keeps dot2.
   static constexpr bool SUMS16 = !HAS_VNNI;
   static __m256i pair_sums(__m256i acc16, __m256i v0, __m256i s0, __m256i v1, __m256i s1) {
     return _mm256_add_epi16(acc16, _mm256_add_epi16(_mm256_maddubs_epi16(v0, s0), _mm256_maddubs_epi16(v1, s1)));
@@ -479,15 +481,14 @@ __attribute__((always_inline)) inline void prefetch_piece(const Rows& w, int64_t
 template <int R, int MR, typename Rows>
 __attribute__((always_inline)) inline void add_group(const Rows& w, int64_t N, int64_t n0, int64_t b0, const QRow* xr,
                                                      const __m256i (&s)[R][MR], __m256 (&acc)[R][MR]) {
-  alignas(32) float ws[8], wm[8];
   UNROLL for (int r = 0; r < R; ++r) {
-    block_params(w, N, n0 + r, b0, GROUP, w.K / QK / w.G, ws, wm);
-    const __m256 scale = _mm256_load_ps(ws);
+    __m256 scale, min = _mm256_setzero_ps();
+    group_params(w, N, n0 + r, b0, w.K / QK / w.G, scale, min);
     UNROLL for (int m = 0; m < MR; ++m) {
       const __m256 sd = _mm256_mul_ps(scale, _mm256_loadu_ps(xr[m].d + b0));
       acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][m]), sd, acc[r][m]);
       if constexpr (Rows::HAS_MIN)
-        acc[r][m] = _mm256_fmadd_ps(_mm256_load_ps(wm), _mm256_loadu_ps(xr[m].sums + b0), acc[r][m]);
+        acc[r][m] = _mm256_fmadd_ps(min, _mm256_loadu_ps(xr[m].sums + b0), acc[r][m]);
     }
   }
 }
@@ -533,7 +534,9 @@ __attribute__((always_inline)) inline void tile_groups16(const Rows& w, int64_t 
 template <int R, int MR, bool TWO, typename Rows>
 __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0, const QRow* xr, int64_t N,
                                                        __m256 (&acc)[R][MR]) {
-  constexpr bool S16 = TWO && Rows::SUMS16;  // sa and sb hold int16 pair sums until the group ends
+  // sa (and sb) hold int16 pair sums until the group ends: always with two planes, from two activation
+  // rows on with one
+  constexpr bool S16 = (TWO || MR > 1) && Rows::SUMS16;
   const int64_t groups = w.grouped() / GROUP;
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t b0 = g * GROUP;
@@ -551,8 +554,12 @@ __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0
           auto at = [](const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); };
           if constexpr (S16) {
             sa[r][m] = Rows::pair_sums(sa[r][m], v0, at(a), v1, at(a + 32));
-            sb[r][m] = Rows::pair_sums(sb[r][m], v0, at(b), v1, at(b + 32));
-            asm("" : "+x"(sa[r][m]), "+x"(sb[r][m]));  // else GCC spills the sums (1.1x the time)
+            if constexpr (TWO) {
+              sb[r][m] = Rows::pair_sums(sb[r][m], v0, at(b), v1, at(b + 32));
+              asm("" : "+x"(sa[r][m]), "+x"(sb[r][m]));  // else GCC spills the sums (1.1x the time)
+            } else {
+              asm("" : "+x"(sa[r][m]));
+            }
           } else {
             sa[r][m] = Rows::dot2(sa[r][m], v0, at(a), v1, at(a + 32));
             if constexpr (TWO) sb[r][m] = Rows::dot2(sb[r][m], v0, at(b), v1, at(b + 32));
@@ -562,7 +569,9 @@ __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0
     }
     UNROLL for (int r = 0; r < R; ++r)
       UNROLL for (int m = 0; m < MR; ++m) {
-        if constexpr (S16) {
+        if constexpr (S16 && !TWO) {
+          sa[r][m] = _mm256_madd_epi16(sa[r][m], _mm256_set1_epi16(1));
+        } else if constexpr (S16) {
           sa[r][m] = _mm256_add_epi32(_mm256_madd_epi16(sa[r][m], _mm256_set1_epi16(254)),
                                       _mm256_madd_epi16(sb[r][m], _mm256_set1_epi16(1)));
         } else if constexpr (TWO) {
