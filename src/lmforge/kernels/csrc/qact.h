@@ -450,14 +450,17 @@ constexpr bool wide_groups512() {
 // Weight rows per tile for MR activation rows. int8 rows go one at a time: one sequential stream per
 // thread reads DRAM ~35% faster than 4 interleaved 576-byte rows (measured on the default model's
 // shapes, 2 threads); int4 tiles take 4 rows (2 with several activation rows: the accumulators must
-// fit in the registers), which amortizes their decoding. The int16 products take 2 (each activation
-// vector is loaded once for both); in 512-bit vectors (tile_groups512w, 32 registers) 4 int4 rows, and
+// fit in the registers), which amortizes their decoding. The 256-bit int16 products take 1: with 2 the
+// tile's fp32 accumulators left the registers, and GCC reads each activation vector from memory once
+// per weight row anyway (A/B harness on Zen 2, int4 at 4 activation rows: 1 row 0.92-0.96x the time
+// of 2 at K = 576 and 1,536, in L2 and from DRAM; grouped int8 0.90-1.00x); in 512-bit vectors
+// (tile_groups512w, 32 registers) 4 int4 rows, and
 // 2 int8 rows on Zen 5 (A/B harness at 4 activation rows, in L2: 0.86-0.91x the time of 1 int8 row,
 // 0.97-0.98x of 2 int4) but 1 on Zen 4 (HAS_ZMM_WIDE alone; from DRAM 2 rows took 1.16x the time of
 // the 256-bit tile, 1 row 0.92-0.93x).
 template <typename Rows, int MR, bool TWO>
 constexpr int tile_rows() {
-  if constexpr (wide_groups<Rows, MR, TWO>()) return 2;
+  if constexpr (wide_groups<Rows, MR, TWO>()) return 1;
   if constexpr (wide_groups512<Rows, MR, TWO>()) return Rows::BLOCK_BYTES == QK ? (HAS_ZMM ? 2 : 1) : 4;
   if constexpr (Rows::BLOCK_BYTES == QK) return 1;
   return MR == 1 ? 4 : 2;
@@ -494,9 +497,8 @@ __attribute__((always_inline)) inline void add_group(const Rows& w, int64_t N, i
 }
 
 // tile_groups with int16 products: per group, each (weight row, activation row) sums its 8 blocks one
-// per lane, as tile_groups does. Each of a piece's 4 activation vectors is loaded once for all R weight
-// rows (at two planes the activations take 2 bytes a weight: the loads would bound the tile). Exact
-// in int32 (a block sums 32 products of at most 128 x 32385).
+// per lane, as tile_groups does (tile_rows gives it one weight row at a time). Exact in int32 (a block
+// sums 32 products of at most 128 x 32385).
 template <int R, int MR, typename Rows>
 __attribute__((always_inline)) inline void tile_groups16(const Rows& w, int64_t n0, const QRow* xr, int64_t N,
                                                          __m256 (&acc)[R][MR]) {
