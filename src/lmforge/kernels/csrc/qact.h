@@ -450,7 +450,8 @@ constexpr bool wide_groups512() {
 // Weight rows per tile for MR activation rows. int8 rows go one at a time: one sequential stream per
 // thread reads DRAM ~35% faster than 4 interleaved 576-byte rows (measured on the default model's
 // shapes, 2 threads); int4 tiles take 4 rows (2 with several activation rows: the accumulators must
-// fit in the registers), which amortizes their decoding. The 256-bit int16 products take 1: with 2 the
+// fit in the registers; 1 with the int16 pair sums of one plane, which fill them: A/B harness on Zen 2,
+// 4 rows, 0.95-0.98x the time of 2), which amortizes their decoding. The 256-bit int16 products take 1: with 2 the
 // tile's fp32 accumulators left the registers, and GCC reads each activation vector from memory once
 // per weight row anyway (A/B harness on Zen 2, int4 at 4 activation rows: 1 row 0.92-0.96x the time
 // of 2 at K = 576 and 1,536, in L2 and from DRAM; grouped int8 0.90-1.00x); in 512-bit vectors
@@ -463,7 +464,7 @@ constexpr int tile_rows() {
   if constexpr (wide_groups<Rows, MR, TWO>()) return 1;
   if constexpr (wide_groups512<Rows, MR, TWO>()) return Rows::BLOCK_BYTES == QK ? (HAS_ZMM ? 2 : 1) : 4;
   if constexpr (Rows::BLOCK_BYTES == QK) return 1;
-  return MR == 1 ? 4 : 2;
+  return MR == 1 ? 4 : (Rows::SUMS16 ? 1 : 2);
 }
 
 // How far ahead the tiles prefetch their weight rows, in tiles: streaming from DRAM needs more bytes in
