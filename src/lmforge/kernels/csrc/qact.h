@@ -326,8 +326,8 @@ struct Int4Rows : Int4Layout<S> {
   // harness on Zen 3, 1 activation row: 0.84-0.96x the time). Exact: a pair sums at most 2 * 15 * 127 =
   // 3810 in magnitude, the group's 8 vectors 30480 < 2^15. One plane (act-bits 8) takes them from two
   // activation rows on: 2 multiplies and 2 adds per 64 weights and row against 3 and 2 (A/B harness on
-  // Zen 2, one multiply port, 4 rows: 0.80-0.87x the time at K = 576 and 1,536); at one row it measured
-  // 0.98-1.20x the time on Zen 3 and keeps dot2.
+  // Zen 2, one multiply port, 4 rows: 0.80-0.87x the time at K = 576 and 1,536); at one row only with
+  // one multiply port (Zen 2: 0.79-0.93x the time, L2 and DRAM; Zen 3: 0.98-1.20x, which keeps dot2).
   static constexpr bool SUMS16 = !HAS_VNNI;
   static __m256i pair_sums(__m256i acc16, __m256i v0, __m256i s0, __m256i v1, __m256i s1) {
     return _mm256_add_epi16(acc16, _mm256_add_epi16(_mm256_maddubs_epi16(v0, s0), _mm256_maddubs_epi16(v1, s1)));
@@ -537,9 +537,9 @@ __attribute__((always_inline)) inline void tile_groups16(const Rows& w, int64_t 
 template <int R, int MR, bool TWO, typename Rows>
 __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0, const QRow* xr, int64_t N,
                                                        __m256 (&acc)[R][MR]) {
-  // sa (and sb) hold int16 pair sums until the group ends: always with two planes, from two activation
-  // rows on with one
-  constexpr bool S16 = (TWO || MR > 1) && Rows::SUMS16;
+  // sa (and sb) hold int16 pair sums until the group ends: always with two planes, with one from two
+  // activation rows on or with one multiply port
+  constexpr bool S16 = (TWO || MR > 1 || ONE_IMUL_PORT) && Rows::SUMS16;
   const int64_t groups = w.grouped() / GROUP;
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t b0 = g * GROUP;

@@ -81,6 +81,14 @@ constexpr bool HAS_ZMM = LMFORGE_ZMM == 1, HAS_ZMM_WIDE = true;
 constexpr bool HAS_ZMM = false, HAS_ZMM_WIDE = false;
 #endif
 
+// Zen 1 and Zen 2 issue one vector integer multiply a cycle (Zen 3 and later, and Intel's cores, two):
+// there the tiles prefer the forms with fewer multiplies even at the cost of adds (see qact.h).
+#if defined(__znver1__) || defined(__znver2__)
+constexpr bool ONE_IMUL_PORT = true;
+#else
+constexpr bool ONE_IMUL_PORT = false;
+#endif
+
 // Dot products of 4 unsigned bytes u with 4 signed bytes s per 32-bit lane, added to acc: one VNNI
 // instruction where the CPU has it, maddubs + madd otherwise (whose int16 pair sums must not
 // saturate: |u s + u' s'| <= 32767, true for int4 codes and for |int8| <= 127 against int8).
