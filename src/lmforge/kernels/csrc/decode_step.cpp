@@ -577,16 +577,17 @@ class DecodePlan : public torch::CustomClassHolder {
         int64_t rotated = -1;  // the (row, key/value head) whose query heads qrot holds
         for (int64_t task = t.begin(tasks); task < t.end(tasks); ++task) {
           const int64_t b = task / (KV_ * C), j = task / C % KV_, c = task % C, h0 = j * G;
-          // a thread's tasks take a group's parts in turn: its queries are normed and rotated once
-          for (int64_t g = 0; g < G && rotated != task / C; ++g) {
-            const float* q = qkvp + (b * heads + h0 + g) * hd_;
-            if (layer.q_norm.defined()) {
-              layer.q_norm.apply(q, hd_, eps_, knorm.data());
-              q = knorm.data();
+          if (task / C != rotated) {  // a thread takes a group's parts in turn: norm and rotate once
+            for (int64_t g = 0; g < G; ++g) {
+              const float* q = qkvp + (b * heads + h0 + g) * hd_;
+              if (layer.q_norm.defined()) {
+                layer.q_norm.apply(q, hd_, eps_, knorm.data());
+                q = knorm.data();
+              }
+              lmforge_attn::rotate(q, qrot.data() + g * hd_, cp + b * rd, sp + b * rd, rd, hd_, interleaved_);
             }
-            lmforge_attn::rotate(q, qrot.data() + g * hd_, cp + b * rd, sp + b * rd, rd, hd_, interleaved_);
+            rotated = task / C;
           }
-          rotated = task / C;
           const int64_t base = (b * KV_ + j) * Lmax * hd_, l0 = c * lmforge_attn::PART;
           lmforge_attn::attend_part(qrot.data(), G, kl + base, vl + base, mk + b * ms0, ms3, l0,
                                     std::min(L, l0 + lmforge_attn::PART), hd_, layer.scale,

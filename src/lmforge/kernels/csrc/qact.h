@@ -449,16 +449,15 @@ constexpr bool wide_groups512() {
 
 // Weight rows per tile for MR activation rows. int8 rows go one at a time: one sequential stream per
 // thread reads DRAM ~35% faster than 4 interleaved 576-byte rows (measured on the default model's
-// shapes, 2 threads); int4 tiles take 4 rows (2 with several activation rows: the accumulators must
-// fit in the registers; 1 with the int16 pair sums of one plane, which fill them: A/B harness on Zen 2,
-// 4 rows, 0.95-0.98x the time of 2), which amortizes their decoding. The 256-bit int16 products take 1: with 2 the
-// tile's fp32 accumulators left the registers, and GCC reads each activation vector from memory once
-// per weight row anyway (A/B harness on Zen 2, int4 at 4 activation rows: 1 row 0.92-0.96x the time
-// of 2 at K = 576 and 1,536, in L2 and from DRAM; grouped int8 0.90-1.00x); in 512-bit vectors
-// (tile_groups512w, 32 registers) 4 int4 rows, and
-// 2 int8 rows on Zen 5 (A/B harness at 4 activation rows, in L2: 0.86-0.91x the time of 1 int8 row,
-// 0.97-0.98x of 2 int4) but 1 on Zen 4 (HAS_ZMM_WIDE alone; from DRAM 2 rows took 1.16x the time of
-// the 256-bit tile, 1 row 0.92-0.93x).
+// shapes, 2 threads); int4 tiles take 4 rows, which amortizes their decoding (2 with several activation
+// rows: the accumulators must fit in the registers; 1 with the int16 pair sums of one plane, which fill
+// them: A/B harness on Zen 2, 4 rows, 0.95-0.98x the time of 2). The 256-bit int16 products take 1:
+// with 2 the tile's fp32 accumulators left the registers, and GCC reads each activation vector from
+// memory once per weight row anyway (A/B harness on Zen 2, int4 at 4 activation rows: 0.92-0.96x the
+// time of 2 rows at K = 576 and 1,536, in L2 and from DRAM; grouped int8 0.90-1.00x). In 512-bit
+// vectors (tile_groups512w, 32 registers) 4 int4 rows, and 2 int8 rows on Zen 5 (A/B harness at 4
+// activation rows, in L2: 0.86-0.91x the time of 1 int8 row, 0.97-0.98x of 2 int4) but 1 on Zen 4
+// (HAS_ZMM_WIDE alone; from DRAM 2 rows took 1.16x the time of the 256-bit tile, 1 row 0.92-0.93x).
 template <typename Rows, int MR, bool TWO>
 constexpr int tile_rows() {
   if constexpr (wide_groups<Rows, MR, TWO>()) return 1;
