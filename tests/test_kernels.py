@@ -16,7 +16,9 @@ from lmforge.quant import formats
 # (M, N, K): odd M, N not a multiple of 4 or 8, M = 1 decode, M >= 32 (the dequantized-GEMM path);
 # K = 256 is one interleaved int4 group of 8 blocks, 576 two groups and two plain blocks
 SHAPES = [(1, 64, 32), (1, 13, 96), (3, 37, 128), (5, 1, 64), (7, 96, 256), (33, 21, 128), (40, 72, 192),
-          (1, 11, 576), (2, 19, 512), (4, 9, 576), (34, 5, 576)]
+          (1, 11, 576), (2, 19, 512), (4, 9, 576), (34, 5, 576),
+          # 1, 2 and 4 plain blocks after the interleaved groups, several rows of x, rows past whole tiles
+          (2, 17, 288), (3, 16, 320), (4, 21, 384), (6, 24, 64)]
 
 
 def assert_matches_reference(y, ref):
