@@ -203,7 +203,7 @@ inline void weighted_sums512_group(const float* p, int64_t pstride, int64_t G, c
 // widened every vector for each head. The sums are added in the same order as scores8's and
 // weighted_sum's, so the results are the same to the bit. A/B harness on Zen 2 (3 heads, head size 64,
 // 32 slots): 0.69x the time with the cache in L2, ~0.9x from memory; in the decode step at 540 slots
-// (3 alternated pairs) attention went 1.10-1.17 -> 1.05-1.06 ms at batch 1, 3.99-4.19 -> 3.69-3.85 ms
+// (5 alternated pairs) attention went 1.10-1.17 -> 1.05-1.06 ms at batch 1, 3.99-4.19 -> 3.69-3.85 ms
 // at batch 4.
 
 // Scores of 4 keys kb [4, hd] for GB heads q [GB, hd] (hd a multiple of 8): lane l of s[g] = q_g . k_l.
