@@ -76,17 +76,27 @@ inline __m256 scores8(const float* q, const T* kb, int64_t hd) {
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
-// out [C * 8] += p_l * v_l over the keys with p_l != 0, with the C accumulators in registers.
-template <int C, typename T>
-inline void weighted_sum(const float* p, const T* vb, int64_t L, int64_t hd, float* out) {
-  __m256 acc[C];
-  for (int c = 0; c < C; ++c) acc[c] = _mm256_loadu_ps(out + 8 * c);
+// out_g [C * 8] (out + g * ostride) += sum over l < L of p_g[l] v_l (p_g = p + g * pstride) for GB
+// heads, each value vector widened once for all of them; slots where every p_g is 0 are skipped.
+template <int GB, int C, typename T>
+inline void weighted_sums_heads(const float* p, int64_t pstride, const T* vb, int64_t L, int64_t hd, float* out,
+                                int64_t ostride) {
+  __m256 acc[GB][C];
+  for (int g = 0; g < GB; ++g)
+    for (int c = 0; c < C; ++c) acc[g][c] = _mm256_loadu_ps(out + g * ostride + 8 * c);
   for (int64_t l = 0; l < L; ++l) {
-    if (p[l] == 0.f) continue;  // masked slots
-    const __m256 pv = _mm256_set1_ps(p[l]);
-    for (int c = 0; c < C; ++c) acc[c] = _mm256_fmadd_ps(pv, load8(vb + l * hd + 8 * c), acc[c]);
+    bool any = false;
+    for (int g = 0; g < GB; ++g) any |= p[g * pstride + l] != 0.f;
+    if (!any) continue;  // masked slots
+    __m256 pv[GB];
+    for (int g = 0; g < GB; ++g) pv[g] = _mm256_set1_ps(p[g * pstride + l]);
+    for (int c = 0; c < C; ++c) {
+      const __m256 v = load8(vb + l * hd + 8 * c);
+      for (int g = 0; g < GB; ++g) acc[g][c] = _mm256_fmadd_ps(pv[g], v, acc[g][c]);
+    }
   }
-  for (int c = 0; c < C; ++c) _mm256_storeu_ps(out + 8 * c, acc[c]);
+  for (int g = 0; g < GB; ++g)
+    for (int c = 0; c < C; ++c) _mm256_storeu_ps(out + g * ostride + 8 * c, acc[g][c]);
 }
 
 #if defined(__AVX512F__) && defined(LMFORGE_ZMM) && LMFORGE_ZMM == 1
@@ -198,13 +208,13 @@ inline void weighted_sums512_group(const float* p, int64_t pstride, int64_t G, c
 }
 #endif
 
-// 256-bit builds: the query heads of a group (2 or 3 at a time) share each widened key and value vector,
-// and their accumulators make 8-12 independent FMA chains per loaded vector, where one head at a time
-// widened every vector for each head. The sums are added in the same order as scores8's and
-// weighted_sum's, so the results are the same to the bit. A/B harness on Zen 2 (3 heads, head size 64,
-// 32 slots): 0.69x the time with the cache in L2, ~0.9x from memory; in the decode step at 540 slots
-// (5 alternated pairs) attention went 1.10-1.17 -> 1.05-1.06 ms at batch 1, 3.99-4.19 -> 3.69-3.85 ms
-// at batch 4.
+// 256-bit builds: the query heads of a group (2 or 3 at a time) share each widened key and value
+// vector (scores4_heads, weighted_sums_heads), and their accumulators make 8-12 independent FMA chains
+// per loaded vector, where one head at a time widened every vector for each head. Each sum is added in
+// the same order as by scores8 and by the one-head value sums, so the results are the same to the bit.
+// A/B harness on Zen 2 (3 heads, head size 64, 32 slots): 0.69x the time with the cache in L2, ~0.9x
+// from memory; in the decode step at 540 slots (5 alternated pairs) attention went 1.10-1.17 -> 1.05-1.06
+// ms at batch 1, 3.99-4.19 -> 3.69-3.85 ms at batch 4.
 
 // Scores of 4 keys kb [4, hd] for GB heads q [GB, hd] (hd a multiple of 8): lane l of s[g] = q_g . k_l.
 template <int GB, typename T>
@@ -226,41 +236,27 @@ inline void scores4_heads(const float* q, int64_t hd, const T* kb, __m128* s) {
   }
 }
 
-// out_g [C * 8] (out + g * ostride) += sum over l < L of p_g[l] v_l (p_g = p + g * pstride) for GB
-// heads, each value vector widened once for all of them; slots where every p_g is 0 are skipped.
+// weighted_sums_heads over the last `left` (< C + 1) chunks of 8 channels.
 template <int GB, int C, typename T>
-inline void weighted_sums_heads(const float* p, int64_t pstride, const T* vb, int64_t L, int64_t hd, float* out,
-                                int64_t ostride) {
-  __m256 acc[GB][C];
-  for (int g = 0; g < GB; ++g)
-    for (int c = 0; c < C; ++c) acc[g][c] = _mm256_loadu_ps(out + g * ostride + 8 * c);
-  for (int64_t l = 0; l < L; ++l) {
-    bool any = false;
-    for (int g = 0; g < GB; ++g) any |= p[g * pstride + l] != 0.f;
-    if (!any) continue;  // masked slots
-    __m256 pv[GB];
-    for (int g = 0; g < GB; ++g) pv[g] = _mm256_set1_ps(p[g * pstride + l]);
-    for (int c = 0; c < C; ++c) {
-      const __m256 v = load8(vb + l * hd + 8 * c);
-      for (int g = 0; g < GB; ++g) acc[g][c] = _mm256_fmadd_ps(pv[g], v, acc[g][c]);
+inline void weighted_sums_left(const float* p, int64_t pstride, const T* vb, int64_t L, int64_t hd, float* out,
+                               int64_t ostride, int64_t left) {
+  if constexpr (C > 0) {
+    if (left == C) {
+      weighted_sums_heads<GB, C>(p, pstride, vb, L, hd, out, ostride);
+    } else {
+      weighted_sums_left<GB, C - 1>(p, pstride, vb, L, hd, out, ostride, left);
     }
   }
-  for (int g = 0; g < GB; ++g)
-    for (int c = 0; c < C; ++c) _mm256_storeu_ps(out + g * ostride + 8 * c, acc[g][c]);
 }
 
-// The value sums of GB heads over all channels (hd a multiple of 8), 32 channels a pass.
-template <int GB, typename T>
+// The value sums of GB heads over all channels (hd a multiple of 8): one head 64 channels (8
+// accumulators) a pass, two or three heads 32 channels, then the channels left.
+template <int GB, int C = (GB == 1 ? 8 : 4), typename T>
 inline void weighted_sums_heads_all(const float* p, int64_t pstride, const T* vb, int64_t L, int64_t hd, float* out,
                                     int64_t ostride) {
   int64_t c0 = 0;
-  for (; c0 + 32 <= hd; c0 += 32) weighted_sums_heads<GB, 4>(p, pstride, vb + c0, L, hd, out + c0, ostride);
-  switch ((hd - c0) / 8) {
-    case 3: weighted_sums_heads<GB, 3>(p, pstride, vb + c0, L, hd, out + c0, ostride); break;
-    case 2: weighted_sums_heads<GB, 2>(p, pstride, vb + c0, L, hd, out + c0, ostride); break;
-    case 1: weighted_sums_heads<GB, 1>(p, pstride, vb + c0, L, hd, out + c0, ostride); break;
-    default: break;
-  }
+  for (; c0 + 8 * C <= hd; c0 += 8 * C) weighted_sums_heads<GB, C>(p, pstride, vb + c0, L, hd, out + c0, ostride);
+  weighted_sums_left<GB, C - 1>(p, pstride, vb + c0, L, hd, out + c0, ostride, (hd - c0) / 8);
 }
 
 // out [hd] += sum over l < L of p_l v_l (vb [L, hd]), skipping the slots with p_l = 0.
@@ -272,18 +268,7 @@ inline void add_weighted(const float* p, const T* vb, int64_t L, int64_t hd, flo
     }
     return;
   }
-  int64_t c0 = 0;  // 64 channels (8 registers) at a time, then the rest
-  for (; c0 + 64 <= hd; c0 += 64) weighted_sum<8>(p, vb + c0, L, hd, out + c0);
-  switch ((hd - c0) / 8) {
-    case 7: weighted_sum<7>(p, vb + c0, L, hd, out + c0); break;
-    case 6: weighted_sum<6>(p, vb + c0, L, hd, out + c0); break;
-    case 5: weighted_sum<5>(p, vb + c0, L, hd, out + c0); break;
-    case 4: weighted_sum<4>(p, vb + c0, L, hd, out + c0); break;
-    case 3: weighted_sum<3>(p, vb + c0, L, hd, out + c0); break;
-    case 2: weighted_sum<2>(p, vb + c0, L, hd, out + c0); break;
-    case 1: weighted_sum<1>(p, vb + c0, L, hd, out + c0); break;
-    default: break;
-  }
+  weighted_sums_heads_all<1>(p, 0, vb, L, hd, out, 0);
 }
 
 // p [n] = e^(p - max) over the visible slots (mask[l * mstride]), 0 elsewhere; returns {max, sum},
