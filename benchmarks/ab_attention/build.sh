@@ -1,0 +1,20 @@
+#!/bin/bash
+# Usage: benchmarks/ab_attention/build.sh <dir A> <dir B> [slots] [layers]
+# Compiles ab.cpp against the attention.h (and simd.h) in each directory, e.g. a git worktree's
+# src/lmforge/kernels/csrc and this tree's, and times attend_part (3 query heads on one key/value head,
+# head size 64, fp16 cache) over parts of 32 slots: with 1 layer's cache the parts stay in L2, with 128
+# layers' (~18 MB) they come from memory. Prints ns per part of A and B, their ratio and the largest
+# relative difference of the two versions' outputs.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+py=${PYTHON:-python}
+torch_dir=$($py -c "import torch, os; print(os.path.dirname(torch.__file__))")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cp -r "$1" "$work/a"
+cp -r "$2" "$work/b"
+for f in "$work"/b/*.h; do echo "// B" >> "$f"; done  # GCC's #pragma once takes identical files for one
+g++ -O3 -march=native -mavx2 -mfma -mf16c -ffp-contract=off -fopenmp "-DVA=\"$work/a/attention.h\"" "-DVB=\"$work/b/attention.h\"" \
+  -I"$torch_dir/include" -o "$work/ab" "$here/ab.cpp" -L"$torch_dir/lib" -lc10 -Wl,-rpath,"$torch_dir/lib"
+"$work/ab" "${3:-544}" 1
+"$work/ab" "${3:-544}" "${4:-128}"
