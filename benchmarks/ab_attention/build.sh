@@ -8,14 +8,7 @@
 # both sides measured 655 / 538 ns in L2 (Zen 2), so run A and B both ways round before trusting a ratio.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-py=${PYTHON:-python}
-torch_dir=$($py -c "import torch, os; print(os.path.dirname(torch.__file__))")
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cp -r "$1" "$work/a"
-cp -r "$2" "$work/b"
-for f in "$work"/b/*.h; do echo "// B" >> "$f"; done  # GCC's #pragma once takes identical files for one
-g++ -O3 -march=native -mavx2 -mfma -mf16c -ffp-contract=off -fopenmp "-DVA=\"$work/a/attention.h\"" "-DVB=\"$work/b/attention.h\"" \
-  -I"$torch_dir/include" -o "$work/ab" "$here/ab.cpp" -L"$torch_dir/lib" -lc10 -Wl,-rpath,"$torch_dir/lib"
+source "$here/../ab_compile.sh"
+ab_compile attention.h "$here/ab.cpp" "$1" "$2"
 "$work/ab" "${3:-544}" 1
 "$work/ab" "${3:-544}" "${4:-128}"

@@ -7,13 +7,6 @@
 # Both versions must have the interface of commit 71e2b90 on (tile_rows<Rows, MR, TWO>).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-py=${PYTHON:-python}
-torch_dir=$($py -c "import torch, os; print(os.path.dirname(torch.__file__))")
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cp -r "$1" "$work/a"
-cp -r "$2" "$work/b"
-for f in "$work"/b/*.h; do echo "// B" >> "$f"; done  # GCC's #pragma once takes identical files for one
-g++ -O3 -march=native ${AB_FLAGS:-} -mavx2 -mfma -mf16c -ffp-contract=off -fopenmp "-DVA=\"$work/a/qact.h\"" "-DVB=\"$work/b/qact.h\"" \
-  -I"$torch_dir/include" -o "$work/ab" "$here/ab.cpp" -L"$torch_dir/lib" -lc10 -Wl,-rpath,"$torch_dir/lib"
+source "$here/../ab_compile.sh"
+ab_compile qact.h "$here/ab.cpp" "$1" "$2"
 "$work/ab" "${3:-576}" "${4:-512}"
