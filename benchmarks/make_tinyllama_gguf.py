@@ -2,8 +2,9 @@
 
 The shapes are TinyLlama-1.1B's (dim 2048, 22 layers, 32 heads, 4 KV heads, MLP 5632, vocabulary 32000);
 the weights are random (normal, std 0.02), so the text is noise, but every byte a decode step reads is
-there. The 2-D weights are written in the chosen type (Q4_0, Q8_0 via gguf-py's quantizer, or F32), the
-norms in F32; a small vocabulary of byte tokens makes the file loadable with its tokenizer.
+there. The 2-D weights are written in the chosen type (Q4_0, Q8_0 via gguf-py's quantizer; Q4_K by
+quantize_q4_k below, as gguf-py has no K-quant quantizer; or F32), the norms in F32; a small vocabulary
+of byte tokens makes the file loadable with its tokenizer.
 
     python benchmarks/make_tinyllama_gguf.py --type Q4_0 --out /tmp/tinyllama-q4_0.gguf
     lmforge bench --model /tmp/tinyllama-q4_0.gguf --random-prompt -p 32 -n 64 --compare llamacpp
@@ -40,9 +41,33 @@ def tensors(rng: np.random.Generator):
     yield "output.weight", w(SHAPE["vocab"], d)
 
 
+def quantize_q4_k(w: np.ndarray) -> np.ndarray:
+    """float32 [N, K] (K a multiple of 256) -> Q4_K blocks uint8 [N, K / 256 * 144], rounded to nearest:
+    each 32-weight sub-block spans its own minimum (at most 0) to maximum in 15 steps, and the 8 steps
+    and minimums of a super-block are 6-bit multiples of its fp16 d and dmin (llama.cpp searches for
+    better ones; for speed runs the values do not matter)."""
+    N, K = w.shape
+    sub = w.reshape(N, K // 256, 8, 32)
+    low = np.minimum(sub.min(-1), 0)
+    step = (sub.max(-1) - low) / 15
+    d = (step.max(-1) / 63).astype(np.float16)
+    dmin = (-low.min(-1) / 63).astype(np.float16)
+    df, dminf = d.astype(np.float32)[..., None], dmin.astype(np.float32)[..., None]
+    sc = np.clip(np.rint(np.divide(step, df, out=np.zeros_like(step), where=df > 0)), 0, 63).astype(np.uint8)
+    m = np.clip(np.rint(np.divide(-low, dminf, out=np.zeros_like(low), where=dminf > 0)), 0, 63).astype(np.uint8)
+    scale, offset = (df * sc)[..., None], (dminf * m)[..., None]
+    q = np.clip(np.rint(np.divide(sub + offset, scale, out=np.zeros_like(sub), where=scale > 0)), 0, 15)
+    q = q.astype(np.uint8).reshape(N, K // 256, 4, 2, 32)  # 64-weight chunks: low nibbles, then high
+    packed = np.concatenate([sc[..., :4] | ((sc[..., 4:] >> 4) << 6), m[..., :4] | ((m[..., 4:] >> 4) << 6),
+                             (sc[..., 4:] & 0x0F) | ((m[..., 4:] & 0x0F) << 4)], axis=-1)
+    blocks = np.concatenate([d[..., None].view(np.uint8), dmin[..., None].view(np.uint8), packed,
+                             (q[..., 0, :] | (q[..., 1, :] << 4)).reshape(N, K // 256, 128)], axis=-1)
+    return blocks.reshape(N, -1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--type", choices=("Q4_0", "Q8_0", "F32"), default="Q4_0")
+    ap.add_argument("--type", choices=("Q4_0", "Q4_K", "Q8_0", "F32"), default="Q4_0")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     qtype = GGMLQuantizationType[args.type]
@@ -65,7 +90,9 @@ def main():
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     for name, a in tensors(np.random.default_rng(0)):
-        if a.ndim == 2 and qtype != GGMLQuantizationType.F32:
+        if a.ndim == 2 and qtype == GGMLQuantizationType.Q4_K:
+            writer.add_tensor(name, quantize_q4_k(a), raw_dtype=qtype)
+        elif a.ndim == 2 and qtype != GGMLQuantizationType.F32:
             writer.add_tensor(name, quants.quantize(a, qtype), raw_dtype=qtype)
         else:
             writer.add_tensor(name, a)

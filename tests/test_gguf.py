@@ -2,6 +2,7 @@
 converter does, weights quantized or raw-packed), the default SmolLM2 GGUF against transformers' own
 GGUF loader, and bad files."""
 import math
+import re
 import shutil
 
 import numpy as np
@@ -57,8 +58,9 @@ def gguf_name(hf_name: str) -> str:
     return f"blk.{layer}.{names[module]}.{kind}"
 
 
-def write_gguf(hf, path, arch="llama", qtype=Q.F32, rope_freqs=None, seed=0):
-    """A GGUF of ``hf`` as llama.cpp writes it; 2-D weights in ``qtype``, norms and biases in F32."""
+def write_gguf(hf, path, arch="llama", qtype=Q.F32, rope_freqs=None, seed=0, types=None):
+    """A GGUF of ``hf`` as llama.cpp writes it; 2-D weights in ``qtype`` (or ``types[pattern]`` for the
+    GGUF names that match the regular expression ``pattern``), norms and biases in F32."""
     c = hf.config
     rng = np.random.default_rng(seed)
     w = GGUFWriter(str(path), arch)
@@ -86,8 +88,9 @@ def write_gguf(hf, path, arch="llama", qtype=Q.F32, rope_freqs=None, seed=0):
             a = llama_cpp_permute(a, c.num_attention_heads)
         if arch == "llama" and "k_proj" in name:
             a = llama_cpp_permute(a, c.num_key_value_heads)
-        if a.ndim == 2 and qtype != Q.F32:
-            w.add_tensor(gguf_name(name), pack(a, qtype, rng), raw_dtype=qtype)
+        kind = next((t for pattern, t in (types or {}).items() if re.search(pattern, gguf_name(name))), qtype)
+        if a.ndim == 2 and kind != Q.F32:
+            w.add_tensor(gguf_name(name), pack(a, kind, rng), raw_dtype=kind)
         else:
             w.add_tensor(gguf_name(name), np.ascontiguousarray(a))
     return finish(w, path)
@@ -197,10 +200,10 @@ def test_quantized_gguf_matches_transformers_reading(qtype, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["llama", "llama_tied", "qwen2", "qwen3"])
-@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q4_1], ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K], ids=lambda q: q.name)
 def test_native_blocks_match_their_definition(qtype, kind, tmp_path):
-    """Q4_0 / Q4_1 / Q8_0 run natively: every decoder Linear (and the embedding, and a tied head) keeps
-    the file's blocks, and the logits are those of the dequantized weights."""
+    """Q4_0 / Q4_1 / Q4_K / Q8_0 run natively: every decoder Linear (and the embedding, and a tied head)
+    keeps the file's blocks, and the logits are those of the dequantized weights."""
     from lmforge.quant.linear import BLOCK_FORMATS, BlockEmbedding, TiedHead
 
     path = write_gguf(tiny(kind), tmp_path / f"{kind}-{qtype.name}.gguf", arch=arch_of(kind), qtype=qtype)
@@ -210,14 +213,38 @@ def test_native_blocks_match_their_definition(qtype, kind, tmp_path):
     assert all(isinstance(m, BLOCK_FORMATS) for m in linears)
     assert isinstance(native.model.embed, BlockEmbedding)
     assert isinstance(native.model.lm_head, TiedHead) == native.config.tie_embeddings
-    assert not any(p.dtype == torch.float32 and p.dim() == 2 for p in native.model.state_dict().values())
+    assert not any(p.dtype == torch.float32 and p.dim() == 2 for name, p in native.model.state_dict().items()
+                   if not name.endswith((".scales", ".mins")))  # no weight expanded to floats
+    if qtype == Q.Q4_K:  # d * sc and dmin * m, exact only in fp32
+        assert linears[0].scales.dtype == linears[0].mins.dtype == torch.float32
     x = ids(16, native.config.vocab_size, 1)
     ours, ref = native.score(x), floats.score(x)
-    assert (ours - ref).abs().max() <= ATOL  # the same products, summed in another order
+    # the same products, summed in another order: within ATOL of the logits' scale (the random Q4_K
+    # blocks, whose sub-block scales and mins vary 64-fold, make logits of ~17 where the others give ~1.5)
+    assert (ours - ref).abs().max() <= ATOL * max(1.0, ref.abs().max().item())
     # the cached decode path (one row per step through the kernels) agrees with scoring the whole text
     prompt = x[0, :6].tolist()
     out = native.generate_ids([prompt], GenerationConfig(max_new_tokens=8, min_new_tokens=8, ignore_eos=True))[0]
     assert native.score(torch.tensor([prompt + out]))[0, 5:-1].argmax(-1).tolist() == out
+
+
+def test_q4_k_m_mix_runs_its_q4_k_modules_natively(tmp_path):
+    """A Q4_K_M-style file (Q4_K, with attn_v, ffn_down of layer 1 and the head in Q6_K): the modules
+    whose parts are all Q4_K run natively; a fused module with a Q6_K part (q/k/v) and the Q6_K ones are
+    dequantized; the logits are those of the dequantized file."""
+    from lmforge.quant.linear import BlockEmbedding, BlockInt4Linear
+
+    types = {r"attn_v\.": Q.Q6_K, r"blk\.1\.ffn_down\.": Q.Q6_K, r"^output\.": Q.Q6_K}
+    path = write_gguf(tiny("llama"), tmp_path / "q4_k_m.gguf", qtype=Q.Q4_K, types=types)
+    native, floats = LLM(str(path), act_bits=32), LLM(str(path), dequantize=True)
+    layers = native.model.layers
+    assert all(isinstance(m, BlockInt4Linear) for m in (layers[0].attn.wo, layers[0].mlp.w_in, layers[0].mlp.w_out,
+                                                        layers[1].mlp.w_in))
+    assert not isinstance(layers[0].attn.wqkv, BlockInt4Linear) and not isinstance(layers[1].mlp.w_out, BlockInt4Linear)
+    assert isinstance(native.model.embed, BlockEmbedding) and not native.config.tie_embeddings
+    x = ids(16, native.config.vocab_size, 1)
+    ref = floats.score(x)
+    assert (native.score(x) - ref).abs().max() <= ATOL * max(1.0, ref.abs().max().item())
 
 
 def test_q8_0_plain_and_grouped_layouts_load_the_same_weights(monkeypatch, tmp_path):

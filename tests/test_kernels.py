@@ -394,6 +394,27 @@ def test_repack_gguf_blocks_match_gguf_dequantize(kind):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
+def test_repack_gguf_q4_k_is_exact():
+    """Q4_K super-blocks (random bytes: every 6-bit scale and min pattern) repacked into int4 blocks with
+    fp32 scales and mins give gguf's dequantization to the bit, and the native products agree with it."""
+    from gguf import GGMLQuantizationType, quants
+
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, (9, 3, 144), dtype=np.uint8)  # K = 768: 3 groups of 8 blocks
+    for offset, value in ((0, 1e-3), (2, 7.5e-3)):  # d and dmin: finite, like a real file's
+        blocks[..., offset:offset + 2] = np.frombuffer(np.float16(value).tobytes(), np.uint8)
+    blocks[0, 1, 0:4] = 0  # d = dmin = 0: a block of zeros
+    raw = torch.from_numpy(blocks.reshape(9, -1))
+    expected = torch.from_numpy(quants.dequantize(raw.numpy(), GGMLQuantizationType.Q4_K)).reshape(9, 768)
+    qs, s, m = kernels.repack_gguf_q4_k(raw, rows=4)  # in pieces of 4 rows: the last one short
+    assert s.dtype == m.dtype == torch.float32 and s.shape == m.shape == (9, 24)
+    assert torch.equal(reference.dequantize_int4_blocks(qs, s, m), expected)
+    x = torch.randn(3, 768)
+    assert_matches_reference(kernels.int4_linear(x, qs, s, m, 32), x @ expected.T)
+    with pytest.raises(ValueError, match="Q4_K"):
+        kernels.repack_gguf_q4_k(torch.zeros(4, 143, dtype=torch.uint8))
+
+
 def test_repack_gguf_rejects_wrong_width():
     with pytest.raises(ValueError, match="Q4_0"):
         kernels.repack_gguf_q4_0(torch.zeros(4, 19, dtype=torch.uint8))

@@ -1,9 +1,9 @@
 """GGUF files (llama.cpp): metadata -> ModelConfig, tensors (native blocks or dequantized), embedded tokenizer.
 
-The file is memory-mapped by ``gguf.GGUFReader``. Linear weights in Q4_0, Q4_1 and Q8_0 run natively:
+The file is memory-mapped by ``gguf.GGUFReader``. Linear weights in Q4_0, Q4_1, Q4_K and Q8_0 run natively:
 ``tensors()`` repacks their blocks into the layouts of lmforge's kernels (``BlockInt4Linear`` /
 ``BlockInt8Linear``; the token embedding becomes a ``BlockEmbedding``, which is also the head when the
-model ties them) and they are never expanded to floats. Every other type (F16, BF16, K-quants, ...) is
+model ties them) and they are never expanded to floats. Every other type (F16, BF16, Q5_K, Q6_K, ...) is
 dequantized one tensor per step, so only the mapped bytes and one float copy of the tensor at hand
 exist at a time. ``GGUFSource(path, native=False)`` dequantizes everything (to quantize or merge an
 adapter into the weights, or to compare with a reference on the same float weights).
@@ -36,9 +36,11 @@ VOCAB_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggm
 TESTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
 
 # GGUF types executed natively -> the kernel format they are repacked into
-NATIVE_TYPES = {"Q4_0": "q4s", "Q4_1": "q4", "Q8_0": "q8"}  # q4s: int4 with min = -8 scale (no mins read)
+# (q4s: int4 with min = -8 scale, no mins read; q4k: int4 with fp32 scales and mins, each Q4_K sub-block
+# of 32 weights one block)
+NATIVE_TYPES = {"Q4_0": "q4s", "Q4_1": "q4", "Q4_K": "q4k", "Q8_0": "q8"}
 NATIVE_TENSORS = {"q4": ("qs", "scales", "mins"), "q4s": ("qs", "scales", "mins"),  # q4s: mins [N, 0]
-                  "q8": ("q", "scales")}  # what one GGUF weight becomes
+                  "q4k": ("qs", "scales", "mins"), "q8": ("q", "scales")}  # what one GGUF weight becomes
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -273,7 +275,7 @@ class GGUFSource:
         from ..quant.linear import BlockEmbedding, BlockInt4Linear, BlockInt8Linear, TiedHead, set_module
 
         classes = {"q4": BlockInt4Linear, "q4s": partial(BlockInt4Linear, symmetric=True),
-                   "q8": BlockInt8Linear}
+                   "q4k": partial(BlockInt4Linear, scale_dtype=torch.float32), "q8": BlockInt8Linear}
         with torch.device("meta"):
             for name, kind in self.native.items():
                 if name == "embed":
@@ -321,7 +323,7 @@ def module_of(family: Family, tensor_name: str) -> str | None:
 
 
 def native_plan(tensors, family: Family) -> dict[str, str]:
-    """lmforge module -> kernel format ("q4" / "q4s" / "q8") for every module whose GGUF weights (all the
+    """lmforge module -> kernel format ("q4" / "q4s" / "q4k" / "q8") for every module whose GGUF weights (all the
     parts of a fused one: q, k, v) have types the kernels run; the embedding too ("embed")."""
     kinds: dict[str, set[str | None]] = collections.defaultdict(set)
     for t in tensors:
@@ -332,12 +334,13 @@ def native_plan(tensors, family: Family) -> dict[str, str]:
 
 
 def repack(t, path: Path) -> tuple[torch.Tensor, ...]:
-    """A Q4_0 / Q4_1 / Q8_0 ReaderTensor as the kernel layout's tensors (see NATIVE_TENSORS)."""
+    """A Q4_0 / Q4_1 / Q4_K / Q8_0 ReaderTensor as the kernel layout's tensors (see NATIVE_TENSORS)."""
     from .. import kernels
 
     N, K = (int(n) for n in reversed(t.shape.tolist()))
     kind = t.tensor_type.name
-    fn = {"Q4_0": kernels.repack_gguf_q4_0, "Q4_1": kernels.repack_gguf_q4_1, "Q8_0": kernels.repack_gguf_q8_0}[kind]
+    fn = {"Q4_0": kernels.repack_gguf_q4_0, "Q4_1": kernels.repack_gguf_q4_1, "Q4_K": kernels.repack_gguf_q4_k,
+          "Q8_0": kernels.repack_gguf_q8_0}[kind]
     try:
         with warnings.catch_warnings():  # the map is read-only; the repacked tensors are fresh copies
             warnings.simplefilter("ignore", UserWarning)

@@ -7,6 +7,11 @@ GGUF blocks (ggml's ``block_q4_0`` / ``block_q4_1`` / ``block_q8_0``, 32 weights
 - Q4_1, 20 bytes: d fp16 | m fp16 | 16 bytes of nibbles;          w = d * q + m
 - Q8_0, 34 bytes: d fp16 | 32 int8 codes;                         w = d * q
   In the nibble bytes, byte j holds weight j in its low nibble and weight j + 16 in its high one.
+- Q4_K, 144 bytes per 256 weights (8 sub-blocks of 32): d fp16 | dmin fp16 | 12 bytes of 6-bit sub-block
+  scales sc and mins m | 128 bytes of nibbles;                     w = d * sc * q - dmin * m
+  Byte i of 64-weight chunk c (32 bytes) holds weight 64 c + i in its low nibble and 64 c + 32 + i in
+  its high one. d * sc and dmin * m are exact in fp32 (11 x 6 significant bits), so a Q4_K weight
+  becomes an int4 block with fp32 scale and min and the same value.
 
 lmforge's own formats (``quant.formats``): int4 (packed pairs of columns, scales and integer zeros per
 group, w = (q - z) * s) and int8 (per-channel scales, w = q * s).
@@ -17,7 +22,8 @@ import torch
 
 from .reference import QK, gguf_int4_blocks, pack_int4_blocks, pack_int8_groups
 
-Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES = 18, 20, 34
+Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES, Q4_K_BYTES = 18, 20, 34, 144
+QK_K = 256  # weights per K-quant super-block
 
 
 def _blocks(raw: torch.Tensor, block_bytes: int, kind: str) -> torch.Tensor:
@@ -51,6 +57,41 @@ def repack_gguf_q4_1(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     """GGUF Q4_1 bytes -> (qs uint8 [N, K/2], scales fp16 [N, K/32], mins fp16 [N, K/32])."""
     blocks = _blocks(raw, Q4_1_BYTES, "Q4_1")
     return _nibbles(blocks, 4), _fp16(blocks, 0).contiguous(), _fp16(blocks, 2).contiguous()
+
+
+def q4_k_scales_mins(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 12 bytes of 6-bit Q4_K scales and mins [..., 12] -> (sc, m) uint8 [..., 8]. Bytes 0-3 hold sc
+    0-3, bytes 4-7 m 0-3 (low 6 bits each); sub-blocks 4-7 take their low 4 bits from bytes 8-11 (sc in
+    the low nibble, m in the high one) and their top 2 bits from the top bits of bytes 0-3 (sc) and 4-7 (m)."""
+    lo, mid, top = packed[..., 0:4], packed[..., 4:8], packed[..., 8:12]
+    sc = torch.cat((lo & 0x3F, (top & 0x0F) | ((lo >> 6) << 4)), dim=-1)
+    m = torch.cat((mid & 0x3F, (top >> 4) | ((mid >> 6) << 4)), dim=-1)
+    return sc, m
+
+
+def repack_gguf_q4_k(raw: torch.Tensor, rows: int = 2048) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GGUF Q4_K bytes -> (qs uint8 [N, K/2], scales fp32 [N, K/32], mins fp32 [N, K/32]): each 32-weight
+    sub-block an int4 block with scale d * sc and min -dmin * m (the same weights, see the module
+    docstring). `rows` rows at a time, so that the unpacked codes stay small."""
+    raw = torch.as_tensor(raw)
+    if raw.dtype != torch.uint8 or raw.dim() != 2 or raw.shape[1] % Q4_K_BYTES:
+        raise ValueError(f"Q4_K data must be uint8 [N, K/256 * {Q4_K_BYTES}], got {raw.dtype} {tuple(raw.shape)}")
+    N, nsuper = raw.shape[0], raw.shape[1] // Q4_K_BYTES
+    qs = torch.empty(N, nsuper * QK_K // 2, dtype=torch.uint8)
+    scales = torch.empty(N, nsuper * 8, dtype=torch.float32)
+    mins = torch.empty_like(scales)
+    for r0 in range(0, N, rows):
+        blocks = raw[r0:r0 + rows].reshape(-1, nsuper, Q4_K_BYTES)
+        n = blocks.shape[0]
+        d = blocks[..., 0:2].contiguous().view(torch.float16).float()        # [n, nsuper, 1]
+        dmin = blocks[..., 2:4].contiguous().view(torch.float16).float()
+        sc, m = q4_k_scales_mins(blocks[..., 4:16])
+        scales[r0:r0 + n] = (d * sc.float()).reshape(n, -1)
+        mins[r0:r0 + n] = (-(dmin * m.float())).reshape(n, -1)
+        nib = blocks[..., 16:].reshape(n, nsuper, 4, 1, 32)                   # chunk c: low nibbles, then high
+        codes = torch.cat((nib & 0x0F, nib >> 4), dim=3).reshape(n, -1)        # [n, K] in column order
+        qs[r0:r0 + n] = pack_int4_blocks(codes)
+    return qs, scales, mins
 
 
 def repack_gguf_q8_0(raw: torch.Tensor, grouped: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
