@@ -188,7 +188,7 @@ def test_llama3_rope_freqs_become_llama3_scaling(tmp_path):
     assert_logits_match(llm, hf)
 
 
-@pytest.mark.parametrize("qtype", [Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_K, Q.Q6_K],
+@pytest.mark.parametrize("qtype", [Q.F16, Q.BF16, Q.Q8_0, Q.Q5_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_K, Q.Q6_K],
                          ids=lambda q: q.name)
 def test_quantized_gguf_matches_transformers_reading(qtype, tmp_path):
     path = write_gguf(tiny("llama"), tmp_path / f"{qtype.name}.gguf", qtype=qtype)
@@ -200,9 +200,9 @@ def test_quantized_gguf_matches_transformers_reading(qtype, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["llama", "llama_tied", "qwen2", "qwen3"])
-@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K], ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q5_0, Q.Q4_0, Q.Q4_1, Q.Q4_K], ids=lambda q: q.name)
 def test_native_blocks_match_their_definition(qtype, kind, tmp_path):
-    """Q4_0 / Q4_1 / Q4_K / Q8_0 run natively: every decoder Linear (and the embedding, and a tied head)
+    """Q4_0 / Q4_1 / Q4_K / Q5_0 / Q8_0 run natively: every decoder Linear (and the embedding, and a tied head)
     keeps the file's blocks, and the logits are those of the dequantized weights."""
     from lmforge.quant.linear import BLOCK_FORMATS, BlockEmbedding, TiedHead
 
@@ -271,7 +271,8 @@ def test_q8_0_plain_and_grouped_layouts_load_the_same_weights(monkeypatch, tmp_p
 
 @pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_K, Q.Q6_K], ids=lambda q: q.name)
 def test_dequantization_matches_transformers_kernels(qtype, tmp_path):
-    """Our dequantization (gguf-py, numpy) against transformers' own torch implementation."""
+    """Our dequantization (gguf-py, numpy) against transformers' own torch implementation (which has no
+    Q5_0)."""
     from transformers.integrations.gguf.dequant import dequantize as hf_dequantize
 
     w = np.random.default_rng(1).standard_normal((8, 512)).astype(np.float32)

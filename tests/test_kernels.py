@@ -370,7 +370,7 @@ def test_repack_lmforge_int8():
     torch.testing.assert_close(reference.dequantize_int8_blocks(kq, ks), formats.dequantize_int8(q, scales))
 
 
-@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q8_0"])
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q5_0", "Q8_0"])
 def test_repack_gguf_blocks_match_gguf_dequantize(kind):
     """Bytes quantized by the gguf package come back, through our repack, as gguf's own dequantization."""
     from gguf import GGMLQuantizationType, quants
@@ -379,12 +379,13 @@ def test_repack_gguf_blocks_match_gguf_dequantize(kind):
     w = np.random.default_rng(0).standard_normal((7, 320)).astype(np.float32)  # a group of 8 blocks and 2
     raw = torch.from_numpy(quants.quantize(w, qtype))  # uint8 [7, 10 * block bytes], as GGUFReader gives
     expected = torch.from_numpy(quants.dequantize(raw.numpy(), qtype)).reshape(7, 320)
-    if kind == "Q8_0":
+    if kind in ("Q5_0", "Q8_0"):  # Q5_0: its codes - 16 as int8 codes
+        repack = kernels.repack_gguf_q5_0 if kind == "Q5_0" else kernels.repack_gguf_q8_0
         for grouped, dtype in ((True, torch.uint8), (False, torch.int8)):
-            q, s = kernels.repack_gguf_q8_0(raw, grouped=grouped)
+            q, s = repack(raw, grouped=grouped)
             assert q.dtype == dtype
             torch.testing.assert_close(reference.dequantize_int8_blocks(q, s), expected, rtol=0, atol=1e-6)
-        q, s = kernels.repack_gguf_q8_0(raw)  # the default: grouped where the native kernels have VNNI
+        q, s = repack(raw)  # the default: grouped where the native kernels have VNNI
         assert q.dtype == (torch.uint8 if kernels.backend() == "native" and build.builds_vnni() else torch.int8)
         got = reference.dequantize_int8_blocks(q, s)
     else:

@@ -1,6 +1,6 @@
 """GGUF files (llama.cpp): metadata -> ModelConfig, tensors (native blocks or dequantized), embedded tokenizer.
 
-The file is memory-mapped by ``gguf.GGUFReader``. Linear weights in Q4_0, Q4_1, Q4_K and Q8_0 run natively:
+The file is memory-mapped by ``gguf.GGUFReader``. Linear weights in Q4_0, Q4_1, Q4_K, Q5_0 and Q8_0 run natively:
 ``tensors()`` repacks their blocks into the layouts of lmforge's kernels (``BlockInt4Linear`` /
 ``BlockInt8Linear``; the token embedding becomes a ``BlockEmbedding``, which is also the head when the
 model ties them) and they are never expanded to floats. Every other type (F16, BF16, Q5_K, Q6_K, ...) is
@@ -33,12 +33,12 @@ VOCAB_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggm
                 "tokenizer.ggml.merges")
 
 # the types ``tensors()`` is tested on; any other type ``gguf.quants`` can dequantize also loads
-TESTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
+TESTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
 
 # GGUF types executed natively -> the kernel format they are repacked into
 # (q4s: int4 with min = -8 scale, no mins read; q4k: int4 with fp32 scales and mins, each Q4_K sub-block
-# of 32 weights one block)
-NATIVE_TYPES = {"Q4_0": "q4s", "Q4_1": "q4", "Q4_K": "q4k", "Q8_0": "q8"}
+# of 32 weights one block; Q5_0's 5-bit codes - 16 are int8 codes)
+NATIVE_TYPES = {"Q4_0": "q4s", "Q4_1": "q4", "Q4_K": "q4k", "Q5_0": "q8", "Q8_0": "q8"}
 NATIVE_TENSORS = {"q4": ("qs", "scales", "mins"), "q4s": ("qs", "scales", "mins"),  # q4s: mins [N, 0]
                   "q4k": ("qs", "scales", "mins"), "q8": ("q", "scales")}  # what one GGUF weight becomes
 
@@ -334,13 +334,13 @@ def native_plan(tensors, family: Family) -> dict[str, str]:
 
 
 def repack(t, path: Path) -> tuple[torch.Tensor, ...]:
-    """A Q4_0 / Q4_1 / Q4_K / Q8_0 ReaderTensor as the kernel layout's tensors (see NATIVE_TENSORS)."""
+    """A Q4_0 / Q4_1 / Q4_K / Q5_0 / Q8_0 ReaderTensor as the kernel layout's tensors (see NATIVE_TENSORS)."""
     from .. import kernels
 
     N, K = (int(n) for n in reversed(t.shape.tolist()))
     kind = t.tensor_type.name
     fn = {"Q4_0": kernels.repack_gguf_q4_0, "Q4_1": kernels.repack_gguf_q4_1, "Q4_K": kernels.repack_gguf_q4_k,
-          "Q8_0": kernels.repack_gguf_q8_0}[kind]
+          "Q5_0": kernels.repack_gguf_q5_0, "Q8_0": kernels.repack_gguf_q8_0}[kind]
     try:
         with warnings.catch_warnings():  # the map is read-only; the repacked tensors are fresh copies
             warnings.simplefilter("ignore", UserWarning)

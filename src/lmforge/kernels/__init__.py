@@ -47,12 +47,12 @@ import torch
 
 from . import reference
 from .build import load_native
-from .repack import (repack_gguf_q4_0, repack_gguf_q4_1, repack_gguf_q4_k, repack_gguf_q8_0, repack_int4,
-                     repack_int8)
+from .repack import (repack_gguf_q4_0, repack_gguf_q4_1, repack_gguf_q4_k, repack_gguf_q5_0, repack_gguf_q8_0,
+                     repack_int4, repack_int8)
 
 __all__ = ["attention_decode", "backend", "dense_linear", "describe", "int4_linear", "int4_rows", "int8_linear",
-           "int8_rows", "repack_gguf_q4_0",
-           "repack_gguf_q4_1", "repack_gguf_q4_k", "repack_gguf_q8_0", "repack_int4", "repack_int8", "rms_norm", "silu_mul"]
+           "int8_rows", "repack_gguf_q4_0", "repack_gguf_q4_1", "repack_gguf_q4_k", "repack_gguf_q5_0",
+           "repack_gguf_q8_0", "repack_int4", "repack_int8", "rms_norm", "silu_mul"]
 
 SCHEMAS = {
     "int4_linear": "int4_linear(Tensor x, Tensor qs, Tensor scales, Tensor mins, int act_bits=32) -> Tensor",

@@ -7,6 +7,9 @@ GGUF blocks (ggml's ``block_q4_0`` / ``block_q4_1`` / ``block_q8_0``, 32 weights
 - Q4_1, 20 bytes: d fp16 | m fp16 | 16 bytes of nibbles;          w = d * q + m
 - Q8_0, 34 bytes: d fp16 | 32 int8 codes;                         w = d * q
   In the nibble bytes, byte j holds weight j in its low nibble and weight j + 16 in its high one.
+- Q5_0, 22 bytes: d fp16 | 4 bytes qh | 16 bytes of nibbles;     w = d * (q - 16)
+  q's low 4 bits are in the nibbles as in Q4_0, bit 4 of weight j is bit j of qh (little-endian), so
+  q - 16 in -16..15 is an int8 code: a Q5_0 weight becomes a Q8_0-style int8 block, exactly.
 - Q4_K, 144 bytes per 256 weights (8 sub-blocks of 32): d fp16 | dmin fp16 | 12 bytes of 6-bit sub-block
   scales sc and mins m | 128 bytes of nibbles;                     w = d * sc * q - dmin * m
   Byte i of 64-weight chunk c (32 bytes) holds weight 64 c + i in its low nibble and 64 c + 32 + i in
@@ -22,7 +25,7 @@ import torch
 
 from .reference import QK, gguf_int4_blocks, pack_int4_blocks, pack_int8_groups
 
-Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES, Q4_K_BYTES = 18, 20, 34, 144
+Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q8_0_BYTES, Q4_K_BYTES = 18, 20, 22, 34, 144
 QK_K = 256  # weights per K-quant super-block
 
 
@@ -101,14 +104,29 @@ def repack_gguf_q8_0(raw: torch.Tensor, grouped: bool | None = None) -> tuple[to
     (benchmarks/RESULTS.md)."""
     blocks = _blocks(raw, Q8_0_BYTES, "Q8_0")
     q = blocks[..., 2:].contiguous().view(torch.int8).reshape(blocks.shape[0], -1)
+    return _int8_layout(q, grouped), _fp16(blocks, 0).contiguous()
+
+
+def repack_gguf_q5_0(raw: torch.Tensor, grouped: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """GGUF Q5_0 bytes -> (q, scales fp16 [N, K/32]) in the layout of repack_gguf_q8_0: the codes q - 16
+    as int8 (exact, see the module docstring)."""
+    blocks = _blocks(raw, Q5_0_BYTES, "Q5_0")
+    bits = blocks[..., 2:6].contiguous().view(torch.int32)                          # qh [N, K/32, 1]
+    high = (bits >> torch.arange(32, dtype=torch.int32)) & 1                       # bit 4 of weights 0..31
+    nib = blocks[..., 6:]
+    low = torch.cat((nib & 0x0F, nib >> 4), dim=-1).to(torch.int32)                 # weights 0..15, 16..31
+    q = (low | (high << 4)) - 16
+    return _int8_layout(q.to(torch.int8).reshape(blocks.shape[0], -1), grouped), _fp16(blocks, 0).contiguous()
+
+
+def _int8_layout(q: torch.Tensor, grouped: bool | None) -> torch.Tensor:
+    """int8 codes [N, K] in column order -> the kernels' grouped (uint8) or plain (int8) int8 layout."""
     if grouped is None:
         from . import backend
         from .build import builds_vnni
 
         grouped = backend() == "native" and builds_vnni()
-    if grouped:
-        q = pack_int8_groups(q)
-    return q.contiguous(), _fp16(blocks, 0).contiguous()
+    return (pack_int8_groups(q) if grouped else q).contiguous()
 
 
 def repack_int4(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
