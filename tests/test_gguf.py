@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFWriter, quants
 
 from conftest import SHARED, need
-from lmforge import LLM
+from lmforge import LLM, kernels
 from lmforge.errors import LmforgeError
 from lmforge.generation.sampling import GenerationConfig
 from lmforge.io.gguf import GGUFSource, dequantize, open_reader, rope_rows
@@ -213,10 +213,9 @@ def test_native_blocks_match_their_definition(qtype, kind, tmp_path):
     assert all(isinstance(m, BLOCK_FORMATS) for m in linears)
     assert isinstance(native.model.embed, BlockEmbedding)
     assert isinstance(native.model.lm_head, TiedHead) == native.config.tie_embeddings
-    assert not any(p.dtype == torch.float32 and p.dim() == 2 for name, p in native.model.state_dict().items()
-                   if not name.endswith((".scales", ".mins")))  # no weight expanded to floats
-    if qtype == Q.Q4_K:  # d * sc and dmin * m, exact only in fp32
-        assert linears[0].scales.dtype == linears[0].mins.dtype == torch.float32
+    assert not any(p.dtype == torch.float32 and p.dim() == 2 for p in native.model.state_dict().values())
+    if qtype == Q.Q4_K:  # K-quant scales and mins: the file's steps and 6-bit multipliers
+        assert linears[0].scales.dtype == linears[0].mins.dtype == torch.uint8
     x = ids(16, native.config.vocab_size, 1)
     ours, ref = native.score(x), floats.score(x)
     # the same products, summed in another order: within ATOL of the logits' scale (the random Q4_K
@@ -245,12 +244,23 @@ def test_q4_k_m_mix_runs_its_q4_k_modules_natively(tmp_path):
     x = ids(16, native.config.vocab_size, 1)
     ref = floats.score(x)
     assert (native.score(x) - ref).abs().max() <= ATOL * max(1.0, ref.abs().max().item())
+    # at the default act_bits 16 (prompt and native decode step) the K-quant scales and mins compute what
+    # fp32 ones of the same values compute, to the bit
+    from lmforge.kernels.reference import block_values
+
+    packed, twin = LLM(str(path)), LLM(str(path))
+    for module in twin.model.modules():
+        if isinstance(module, BlockInt4Linear):
+            module.scales, module.mins = block_values(module.scales), block_values(module.mins)
+    assert torch.equal(packed.score(x), twin.score(x))
+    config = GenerationConfig(max_new_tokens=8, min_new_tokens=8, ignore_eos=True)
+    assert packed.generate_ids([x[0, :6].tolist()], config) == twin.generate_ids([x[0, :6].tolist()], config)
+    assert packed.engine.native_plan() is not None or kernels.backend() != "native"
 
 
 def test_q8_0_plain_and_grouped_layouts_load_the_same_weights(monkeypatch, tmp_path):
     """Q8_0 is repacked grouped (uint8) where the kernels have VNNI and plain (int8) elsewhere; either
     way the model loads the file's weights (the loader keeps the codes' dtype) and decodes alike."""
-    from lmforge import kernels
     from lmforge.kernels import build
 
     if kernels.backend() != "native":

@@ -36,6 +36,16 @@ def random_int4(N, K, group, dtype, seed=0):
     return qs, scales, mins
 
 
+def random_k_scales(N, K, seed=0):
+    """int4 codes with K-quant scales and mins (uint8, as GGUF Q4_K loads): 6-bit multipliers of a step
+    per 8 blocks."""
+    g = torch.Generator().manual_seed(seed)
+    qs = torch.randint(0, 256, (N, K // 2), dtype=torch.uint8, generator=g)
+    step, low = torch.rand(N, K // 256, generator=g) * 0.01 + 1e-3, torch.rand(N, K // 256, generator=g) * -0.02
+    mult = [torch.randint(0, 64, (N, K // 32), dtype=torch.uint8, generator=g) for _ in range(2)]
+    return qs, reference.pack_k_scales(step, mult[0]), reference.pack_k_scales(low, mult[1])
+
+
 @pytest.fixture(scope="module")
 def native():
     if kernels.backend() != "native":
@@ -66,6 +76,27 @@ def test_symmetric_int4_empty_mins_mean_minus_eight_scales(native, act_bits, M, 
                        reference.dequantize_int4_blocks(qs, scales, explicit))
     with pytest.raises(RuntimeError, match="mins must match scales"):
         kernels.int4_linear(x, qs, scales, scales.new_empty((72, 1)), act_bits)
+
+
+@pytest.mark.parametrize("act_bits", [32, 16, 8])
+@pytest.mark.parametrize("M,N,K", [(1, 11, 256), (2, 19, 512), (3, 16, 768), (4, 9, 256), (5, 13, 512),
+                                   (40, 7, 256), (1, 130, 1536)])
+def test_int4_k_quant_scales(native, act_bits, M, N, K):
+    """K-quant scales and mins (uint8 [N, G/8 * 10], GGUF Q4_K at load) in every path (the tiles at 1-4
+    rows of x, the panels and the dequantized GEMM past them, table rows): the reference's result, and
+    to the bit what fp32 scales and mins of the same values give."""
+    qs, s, m = random_k_scales(N, K, seed=M)
+    s32, m32 = reference.block_values(s), reference.block_values(m)
+    assert s.dtype == torch.uint8 and s.shape == (N, K // 256 * 10) and s32.shape == (N, K // 32)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(N))
+    y = kernels.int4_linear(x, qs, s, m, act_bits)
+    assert_matches_reference(y, reference.int4_linear(x, qs, s, m, act_bits))
+    assert torch.equal(y, kernels.int4_linear(x, qs, s32, m32, act_bits))
+    ids = torch.tensor([0, N - 1, N // 2])
+    assert torch.equal(kernels.int4_rows(ids, qs, s, m), reference.dequantize_int4_blocks(qs, s32, m32)[ids])
+    assert torch.equal(reference.int4_rows(ids, qs, s, m), reference.dequantize_int4_blocks(qs, s32, m32)[ids])
+    with pytest.raises(RuntimeError, match="K-quant scales must be uint8"):
+        kernels.int4_linear(x, qs, s[:, :-10], m[:, :-10], act_bits)
 
 
 @pytest.mark.parametrize("M,N,K", SHAPES)
@@ -397,7 +428,7 @@ def test_repack_gguf_blocks_match_gguf_dequantize(kind):
 
 def test_repack_gguf_q4_k_is_exact():
     """Q4_K super-blocks (random bytes: every 6-bit scale and min pattern) repacked into int4 blocks with
-    fp32 scales and mins give gguf's dequantization to the bit, and the native products agree with it."""
+    K-quant scales and mins give gguf's dequantization to the bit, and the native products agree with it."""
     from gguf import GGMLQuantizationType, quants
 
     rng = np.random.default_rng(0)
@@ -408,7 +439,7 @@ def test_repack_gguf_q4_k_is_exact():
     raw = torch.from_numpy(blocks.reshape(9, -1))
     expected = torch.from_numpy(quants.dequantize(raw.numpy(), GGMLQuantizationType.Q4_K)).reshape(9, 768)
     qs, s, m = kernels.repack_gguf_q4_k(raw, rows=4)  # in pieces of 4 rows: the last one short
-    assert s.dtype == m.dtype == torch.float32 and s.shape == m.shape == (9, 24)
+    assert s.dtype == m.dtype == torch.uint8 and s.shape == m.shape == (9, 30)  # K-quant scales
     assert torch.equal(reference.dequantize_int4_blocks(qs, s, m), expected)
     x = torch.randn(3, 768)
     assert_matches_reference(kernels.int4_linear(x, qs, s, m, 32), x @ expected.T)

@@ -36,8 +36,8 @@ VOCAB_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggm
 TESTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
 
 # GGUF types executed natively -> the kernel format they are repacked into
-# (q4s: int4 with min = -8 scale, no mins read; q4k: int4 with fp32 scales and mins, each Q4_K sub-block
-# of 32 weights one block; Q5_0's 5-bit codes - 16 are int8 codes)
+# (q4s: int4 with min = -8 scale, no mins read; q4k: int4 with K-quant scales and mins, each Q4_K
+# sub-block of 32 weights one block; Q5_0's 5-bit codes - 16 are int8 codes)
 NATIVE_TYPES = {"Q4_0": "q4s", "Q4_1": "q4", "Q4_K": "q4k", "Q5_0": "q8", "Q8_0": "q8"}
 NATIVE_TENSORS = {"q4": ("qs", "scales", "mins"), "q4s": ("qs", "scales", "mins"),  # q4s: mins [N, 0]
                   "q4k": ("qs", "scales", "mins"), "q8": ("q", "scales")}  # what one GGUF weight becomes
@@ -275,7 +275,7 @@ class GGUFSource:
         from ..quant.linear import BlockEmbedding, BlockInt4Linear, BlockInt8Linear, TiedHead, set_module
 
         classes = {"q4": BlockInt4Linear, "q4s": partial(BlockInt4Linear, symmetric=True),
-                   "q4k": partial(BlockInt4Linear, scale_dtype=torch.float32), "q8": BlockInt8Linear}
+                   "q4k": partial(BlockInt4Linear, scale_dtype=torch.uint8), "q8": BlockInt8Linear}
         with torch.device("meta"):
             for name, kind in self.native.items():
                 if name == "embed":

@@ -9,7 +9,9 @@ Weight layouts (output channel first; K a multiple of 32, groups of K/G columns,
   byte 32 t + 4 j + e holds columns 8 t + e and 8 t + 4 + e of block j (``reference.pack_int4_blocks``).
   ``scales`` and ``mins`` [N, G], both float16 or both float32; w = q * scale + min with q in 0..15.
   Empty ``mins`` [N, 0] mean min = -8 * scale (symmetric codes, GGUF Q4_0): 11% fewer bytes to read
-  than storing them.
+  than storing them. Blocks of 32 may also take K-quant scales and mins (GGUF Q4_K at load), both uint8
+  [N, G/8 * 10]: per 8 blocks 8 uint8 multipliers and an fp16 step, block i's value d * q[i]
+  (``reference.pack_k_scales``), 2.5 bytes per block for both where fp32 takes 8.
 - int8: ``q`` int8 [N, K] (plain: column order), or uint8 [N, K] (grouped, GGUF Q8_0 at load: the codes
   + 128, in interleaved groups of 8 blocks like int4's, byte 32 i + 4 j + e holding column 4 i + e
   of block j, then the blocks left over in column order; ``reference.pack_int8_groups``). ``scales``

@@ -83,15 +83,36 @@ def int8_codes(q: torch.Tensor) -> torch.Tensor:
     return unpack_int8_groups(q) if q.dtype == torch.uint8 else q
 
 
+KSCALE_BYTES = 10  # K-quant scales: bytes per 8 blocks (8 uint8 multipliers, then the fp16 step)
+
+
+def pack_k_scales(step: torch.Tensor, mult: torch.Tensor) -> torch.Tensor:
+    """K-quant block scales: the fp16 step d [N, G/8] of each 8 blocks and their uint8 multipliers q
+    [N, G] -> uint8 [N, G/8 * 10] (per 8 blocks: q, then d's two bytes); block i's value is d * q[i]."""
+    N, G = mult.shape
+    d = step.to(torch.float16).contiguous().view(torch.uint8).reshape(N, G // 8, 2)
+    return torch.cat((mult.to(torch.uint8).reshape(N, G // 8, 8), d), dim=-1).reshape(N, -1).contiguous()
+
+
+def block_values(t: torch.Tensor) -> torch.Tensor:
+    """Scales or mins [N, G] as fp32: fp16 / fp32 as they are, K-quant uint8 [N, G/8 * 10] unpacked."""
+    if t.dtype != torch.uint8:
+        return t.float()
+    packed = t.reshape(t.shape[0], -1, KSCALE_BYTES)
+    d = packed[..., 8:].contiguous().view(torch.float16).float()
+    return (packed[..., :8].float() * d).reshape(t.shape[0], -1)
+
+
 def _per_column(t: torch.Tensor, K: int) -> torch.Tensor:
-    """[N, G] group values -> [N, K] fp32, one per column."""
-    return t.float().repeat_interleave(K // t.shape[1], dim=1)
+    """[N, G] group values (any block_values form) -> [N, K] fp32, one per column."""
+    t = block_values(t)
+    return t.repeat_interleave(K // t.shape[1], dim=1)
 
 
 def int4_mins(scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
     """The mins of the int4 layout: `mins`, or -8 * scales where mins is empty [N, 0] (symmetric codes,
     GGUF Q4_0; exact in fp16: a power-of-two multiple)."""
-    return mins if mins.numel() or not scales.numel() else scales * -8
+    return mins if mins.numel() or not scales.numel() else block_values(scales) * -8
 
 
 def dequantize_int4_blocks(qs: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
@@ -147,7 +168,7 @@ def int4_linear(x: torch.Tensor, qs: torch.Tensor, scales: torch.Tensor, mins: t
                 act_bits: int = 32) -> torch.Tensor:
     # x: [..., K] -> [..., N]. The mins multiply the exact block sums of x, so only q * scale sees the
     # rounded activation.
-    mins = int4_mins(scales, mins)
+    mins = block_values(int4_mins(scales, mins))
     w = dequantize_int4_blocks(qs, scales, torch.zeros_like(mins)).to(x.device)
     xr = _activations(x, act_bits)
     mins_part = F.linear(x.float(), _per_column(mins, w.shape[1]).to(x.device))

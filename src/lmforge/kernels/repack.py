@@ -13,8 +13,8 @@ GGUF blocks (ggml's ``block_q4_0`` / ``block_q4_1`` / ``block_q8_0``, 32 weights
 - Q4_K, 144 bytes per 256 weights (8 sub-blocks of 32): d fp16 | dmin fp16 | 12 bytes of 6-bit sub-block
   scales sc and mins m | 128 bytes of nibbles;                     w = d * sc * q - dmin * m
   Byte i of 64-weight chunk c (32 bytes) holds weight 64 c + i in its low nibble and 64 c + 32 + i in
-  its high one. d * sc and dmin * m are exact in fp32 (11 x 6 significant bits), so a Q4_K weight
-  becomes an int4 block with fp32 scale and min and the same value.
+  its high one. Each sub-block becomes an int4 block whose scale is d * sc and min -dmin * m, kept as
+  K-quant scales (the steps d, -dmin and the 6-bit sc, m; exact in fp32, 11 x 6 significant bits).
 
 lmforge's own formats (``quant.formats``): int4 (packed pairs of columns, scales and integer zeros per
 group, w = (q - z) * s) and int8 (per-channel scales, w = q * s).
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .reference import QK, gguf_int4_blocks, pack_int4_blocks, pack_int8_groups
+from .reference import KSCALE_BYTES, QK, gguf_int4_blocks, pack_int4_blocks, pack_int8_groups, pack_k_scales
 
 Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q8_0_BYTES, Q4_K_BYTES = 18, 20, 22, 34, 144
 QK_K = 256  # weights per K-quant super-block
@@ -73,24 +73,24 @@ def q4_k_scales_mins(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def repack_gguf_q4_k(raw: torch.Tensor, rows: int = 2048) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """GGUF Q4_K bytes -> (qs uint8 [N, K/2], scales fp32 [N, K/32], mins fp32 [N, K/32]): each 32-weight
+    """GGUF Q4_K bytes -> (qs uint8 [N, K/2], scales, mins K-quant uint8 [N, K/256 * 10]): each 32-weight
     sub-block an int4 block with scale d * sc and min -dmin * m (the same weights, see the module
-    docstring). `rows` rows at a time, so that the unpacked codes stay small."""
+    docstring; ``reference.pack_k_scales``). `rows` rows at a time, so that the unpacked codes stay small."""
     raw = torch.as_tensor(raw)
     if raw.dtype != torch.uint8 or raw.dim() != 2 or raw.shape[1] % Q4_K_BYTES:
         raise ValueError(f"Q4_K data must be uint8 [N, K/256 * {Q4_K_BYTES}], got {raw.dtype} {tuple(raw.shape)}")
     N, nsuper = raw.shape[0], raw.shape[1] // Q4_K_BYTES
     qs = torch.empty(N, nsuper * QK_K // 2, dtype=torch.uint8)
-    scales = torch.empty(N, nsuper * 8, dtype=torch.float32)
+    scales = torch.empty(N, nsuper * KSCALE_BYTES, dtype=torch.uint8)
     mins = torch.empty_like(scales)
     for r0 in range(0, N, rows):
         blocks = raw[r0:r0 + rows].reshape(-1, nsuper, Q4_K_BYTES)
         n = blocks.shape[0]
-        d = blocks[..., 0:2].contiguous().view(torch.float16).float()        # [n, nsuper, 1]
-        dmin = blocks[..., 2:4].contiguous().view(torch.float16).float()
+        d = blocks[..., 0:2].contiguous().view(torch.float16).reshape(n, nsuper)
+        dmin = blocks[..., 2:4].contiguous().view(torch.float16).reshape(n, nsuper)
         sc, m = q4_k_scales_mins(blocks[..., 4:16])
-        scales[r0:r0 + n] = (d * sc.float()).reshape(n, -1)
-        mins[r0:r0 + n] = (-(dmin * m.float())).reshape(n, -1)
+        scales[r0:r0 + n] = pack_k_scales(d, sc.reshape(n, -1))
+        mins[r0:r0 + n] = pack_k_scales(-dmin, m.reshape(n, -1))  # min = -dmin * m
         nib = blocks[..., 16:].reshape(n, nsuper, 4, 1, 32)                   # chunk c: low nibbles, then high
         codes = torch.cat((nib & 0x0F, nib >> 4), dim=3).reshape(n, -1)        # [n, K] in column order
         qs[r0:r0 + n] = pack_int4_blocks(codes)

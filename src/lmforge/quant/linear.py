@@ -239,10 +239,11 @@ class FP8Linear(QuantLinear):
 
 
 class BlockInt4Linear(QuantLinear):
-    """int4 in blocks of 32 input columns, the layout of lmforge's native kernels (GGUF Q4_0 / Q4_1
+    """int4 in blocks of 32 input columns, the layout of lmforge's native kernels (GGUF Q4_0 / Q4_1 / Q4_K
     repacked at load): ``qs`` uint8 [N, K/2], ``scales`` and ``mins`` [N, G] float16 or float32,
     w = q * scale + min per group of K/G columns; symmetric (Q4_0) modules keep ``mins`` empty [N, 0],
-    meaning min = -8 * scale."""
+    meaning min = -8 * scale. ``scale_dtype`` uint8: K-quant scales and mins (Q4_K), uint8 [N, G/8 * 10]
+    for blocks of 32 (see lmforge.kernels)."""
     format = "q4"
     weight_names = ("qs", "scales", "mins")
 
@@ -250,13 +251,16 @@ class BlockInt4Linear(QuantLinear):
                  groups: int | None = None, scale_dtype: torch.dtype = torch.float16, symmetric: bool = False):
         super().__init__(in_features, out_features, bias, input_scale, perm)
         groups = groups or in_features // kernels.reference.QK
+        width = groups // 8 * kernels.reference.KSCALE_BYTES if scale_dtype == torch.uint8 else groups
         self.register_buffer("qs", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
-        self.register_buffer("scales", torch.ones(out_features, groups, dtype=scale_dtype))
-        self.register_buffer("mins", torch.zeros(out_features, 0 if symmetric else groups, dtype=scale_dtype))
+        self.register_buffer("scales", torch.ones(out_features, width, dtype=scale_dtype))
+        self.register_buffer("mins", torch.zeros(out_features, 0 if symmetric else width, dtype=scale_dtype))
 
     def format_args(self):
-        return {"groups": self.scales.shape[1], "scale_dtype": self.scales.dtype,
-                "symmetric": self.mins.shape[1] == 0}
+        groups = self.scales.shape[1]
+        if self.scales.dtype == torch.uint8:
+            groups = groups // kernels.reference.KSCALE_BYTES * 8
+        return {"groups": groups, "scale_dtype": self.scales.dtype, "symmetric": self.mins.shape[1] == 0}
 
     def dequantize(self):
         return kernels.reference.dequantize_int4_blocks(self.qs, self.scales, self.mins)

@@ -36,6 +36,7 @@
 
 #include "attention.h"
 #include "dense.h"
+#include "int4_scales.h"
 #include "qact.h"
 
 #include <algorithm>
@@ -52,7 +53,8 @@ namespace {
 
 using namespace lmforge_qact;  // QK, QRow, RoundedRows, dot_tile, Int4Rows, Int8Rows, for_tiles
 
-enum class Kind { DENSE_F32, INT4_F16, INT4_F32, INT8_F16, INT8_F32, INT8G_F16, INT8G_F32 };  // G: grouped int8
+// INT4: any scale type (with_int4); G: grouped int8
+enum class Kind { DENSE_F32, INT4, INT8_F16, INT8_F32, INT8G_F16, INT8G_F32 };
 enum class Act { SILU, GELU, GELU_TANH, RELU };
 
 Act parse_act(const std::string& name) {
@@ -99,7 +101,7 @@ struct Lin {
   Kind kind;
   at::Tensor w, scales, mins, bias;  // w: the dense weight, int4 qs or int8 q
   int64_t N, K, G;
-  bool integer() const { return kind >= Kind::INT4_F16; }
+  bool integer() const { return kind >= Kind::INT4; }
   // the blocks held in interleaved groups (the layouts' grouped())
   int64_t grouped() const {
     const bool plain = kind == Kind::INT8_F16 || kind == Kind::INT8_F32;
@@ -190,10 +192,8 @@ class Linear {
   std::pair<int64_t, int64_t> integer(const QRow* xr, float* y) const {
     const int64_t K = l_.K, G = l_.G;
     switch (l_.kind) {
-      case Kind::INT4_F16:
-        return quant<MR, TWO>(Int4Rows<at::Half>{{l_.w.data_ptr<uint8_t>(), l_.scales.data_ptr<at::Half>(), l_.mins.numel() ? l_.mins.data_ptr<at::Half>() : nullptr, K, G}}, xr, y);
-      case Kind::INT4_F32:
-        return quant<MR, TWO>(Int4Rows<float>{{l_.w.data_ptr<uint8_t>(), l_.scales.data_ptr<float>(), l_.mins.numel() ? l_.mins.data_ptr<float>() : nullptr, K, G}}, xr, y);
+      case Kind::INT4:
+        return with_int4<Int4Rows>(l_.w.data_ptr<uint8_t>(), l_.scales, l_.mins, K, [&](const auto& w) { return quant<MR, TWO>(w, xr, y); });
       case Kind::INT8_F16:
         return quant<MR, TWO>(Int8Rows<at::Half>{{l_.w.data_ptr<int8_t>(), l_.scales.data_ptr<at::Half>(), K, G}}, xr, y);
       case Kind::INT8_F32:
@@ -306,16 +306,17 @@ class DecodePlan : public torch::CustomClassHolder {
       l.N = l.w.size(0);
       l.K = int4 ? l.w.size(1) * 2 : l.w.size(1);
       const auto st = l.scales.scalar_type();
-      TORCH_CHECK(l.scales.dim() == 2 && l.scales.size(0) == l.N && (st == at::kHalf || st == at::kFloat),
-                  "DecodePlan: scales must be fp16 or fp32 [N, G]");
-      l.G = l.scales.size(1);
+      TORCH_CHECK(l.scales.dim() == 2 && l.scales.size(0) == l.N && (st == at::kHalf || st == at::kFloat ||
+                                                                    (int4 && st == at::kByte && l.scales.size(1) % KSCALE_BYTES == 0)),
+                  "DecodePlan: scales must be fp16 or fp32 [N, G], or K-quant uint8 [N, G / 8 * 10] (int4)");
+      l.G = scale_groups(l.scales);
       TORCH_CHECK(l.K % QK == 0 && l.K % l.G == 0 && (l.K / l.G) % QK == 0, "DecodePlan: groups must be multiples of 32 columns");
       if (int4) {
         l.mins = parts[2];
         TORCH_CHECK((l.mins.sizes() == l.scales.sizes() || (l.mins.dim() == 2 && l.mins.size(0) == l.N && l.mins.size(1) == 0)) &&
                         l.mins.scalar_type() == st,
                     "DecodePlan: mins must match scales, or be empty [N, 0] (min = -8 scale)");
-        l.kind = st == at::kHalf ? Kind::INT4_F16 : Kind::INT4_F32;
+        l.kind = Kind::INT4;
       } else {
         const bool grouped = l.w.scalar_type() == at::kByte;
         l.kind = st == at::kHalf ? (grouped ? Kind::INT8G_F16 : Kind::INT8_F16) : (grouped ? Kind::INT8G_F32 : Kind::INT8_F32);
@@ -726,10 +727,8 @@ class DecodePlan : public torch::CustomClassHolder {
     const int64_t K = l.K, G = l.G;
     switch (l.kind) {
       case Kind::DENSE_F32: std::copy_n(l.w.data_ptr<float>() + r * K, K, out); return;
-      case Kind::INT4_F16:
-        return decode_row(Int4Codes<at::Half>{{l.w.data_ptr<uint8_t>(), l.scales.data_ptr<at::Half>(), l.mins.numel() ? l.mins.data_ptr<at::Half>() : nullptr, K, G}}, r, out);
-      case Kind::INT4_F32:
-        return decode_row(Int4Codes<float>{{l.w.data_ptr<uint8_t>(), l.scales.data_ptr<float>(), l.mins.numel() ? l.mins.data_ptr<float>() : nullptr, K, G}}, r, out);
+      case Kind::INT4:
+        return with_int4<Int4Codes>(l.w.data_ptr<uint8_t>(), l.scales, l.mins, K, [&](const auto& w) { decode_row(w, r, out); });
       case Kind::INT8_F16: return decode_row(Int8Codes<at::Half>{{l.w.data_ptr<int8_t>(), l.scales.data_ptr<at::Half>(), K, G}}, r, out);
       case Kind::INT8_F32: return decode_row(Int8Codes<float>{{l.w.data_ptr<int8_t>(), l.scales.data_ptr<float>(), K, G}}, r, out);
       case Kind::INT8G_F16:

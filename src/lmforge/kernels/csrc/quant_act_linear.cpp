@@ -23,6 +23,7 @@
 
 #include <immintrin.h>
 
+#include "int4_scales.h"
 #include "qact.h"
 
 #include <algorithm>
@@ -115,14 +116,8 @@ namespace lmforge {
 
 at::Tensor int4_linear_qact(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
                             const at::Tensor& mins, int64_t bits) {
-  const int64_t N = qs.size(0), K = qs.size(1) * 2, G = scales.size(1);
-  const bool sym = mins.numel() == 0;  // min = -8 * scale
-  if (scales.scalar_type() == at::kHalf) {
-    return run(x, Int4Rows<at::Half>{{qs.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(), sym ? nullptr : mins.data_ptr<at::Half>(), K, G}},
-               N, K / 2, bits);
-  }
-  return run(x, Int4Rows<float>{{qs.data_ptr<uint8_t>(), scales.data_ptr<float>(), sym ? nullptr : mins.data_ptr<float>(), K, G}}, N,
-             K / 2, bits);
+  const int64_t N = qs.size(0), K = qs.size(1) * 2;
+  return with_int4<Int4Rows>(qs.data_ptr<uint8_t>(), scales, mins, K, [&](const auto& w) { return run(x, w, N, K / 2, bits); });
 }
 
 at::Tensor int8_linear_qact(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, int64_t bits) {

@@ -21,6 +21,7 @@
 #include <immintrin.h>
 
 #include "dense.h"
+#include "int4_scales.h"
 #include "simd.h"
 
 #include <algorithm>
@@ -163,10 +164,18 @@ at::Tensor table_rows(const Rows& w, const at::Tensor& ids, int64_t N, const cha
 
 // ---------------------------------------------------------------------------------------- ops
 
-void check_scales(const at::Tensor& scales, int64_t N, int64_t K, const char* op) {
+// Scales [N, G] fp16 / fp32 (any group size that is a multiple of 32), or with K-quant uint8 ones
+// (`packed`, int4 only) [N, G / 8 * 10] for blocks of 32.
+void check_scales(const at::Tensor& scales, int64_t N, int64_t K, const char* op, bool packed = false) {
   TORCH_CHECK(scales.dim() == 2 && scales.size(0) == N, op, ": scales must be [N, G]");
-  TORCH_CHECK(scales.scalar_type() == at::kHalf || scales.scalar_type() == at::kFloat, op,
-              ": scales must be float16 or float32");
+  const auto st = scales.scalar_type();
+  TORCH_CHECK(st == at::kHalf || st == at::kFloat || (packed && st == at::kByte), op,
+              packed ? ": scales must be float16, float32 or K-quant uint8" : ": scales must be float16 or float32");
+  if (st == at::kByte) {
+    TORCH_CHECK(scales.size(1) * GROUP == K / QK * KSCALE_BYTES, op,
+                ": K-quant scales must be uint8 [N, K / 256 * 10]");
+    return;
+  }
   const int64_t G = scales.size(1);
   TORCH_CHECK(G > 0 && K % G == 0 && (K / G) % QK == 0, op, ": the group size K/G must be a multiple of 32");
 }
@@ -197,7 +206,7 @@ at::Tensor run(const at::Tensor& x, const Rows& w, int64_t N, int64_t bytes_per_
 void check_int4(const at::Tensor& qs, const at::Tensor& scales, const at::Tensor& mins, const char* op) {
   TORCH_CHECK(qs.dim() == 2 && qs.scalar_type() == at::kByte && qs.is_contiguous(), op,
               ": qs must be a contiguous uint8 [N, K/2] tensor");
-  check_scales(scales, qs.size(0), qs.size(1) * 2, op);
+  check_scales(scales, qs.size(0), qs.size(1) * 2, op, true);
   TORCH_CHECK((mins.sizes() == scales.sizes() || (mins.dim() == 2 && mins.size(0) == scales.size(0) && mins.size(1) == 0)) &&
                   mins.scalar_type() == scales.scalar_type(),
               op, ": mins must match scales in shape and dtype, or be empty [N, 0] (min = -8 scale)");
@@ -213,24 +222,14 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& qs, const at::Tens
                        const at::Tensor& mins) {
   const int64_t N = qs.size(0), K = qs.size(1) * 2;
   const at::Tensor s = scales.contiguous(), m = mins.contiguous();
-  const int64_t G = s.size(1);
-  const bool sym = m.numel() == 0;  // min = -8 * scale
-  if (s.scalar_type() == at::kHalf) {
-    return run(x, Int4Codes<at::Half>{{qs.data_ptr<uint8_t>(), s.data_ptr<at::Half>(), sym ? nullptr : m.data_ptr<at::Half>(), K, G}},
-               N, K / 2);
-  }
-  return run(x, Int4Codes<float>{{qs.data_ptr<uint8_t>(), s.data_ptr<float>(), sym ? nullptr : m.data_ptr<float>(), K, G}}, N, K / 2);
+  return with_int4<Int4Codes>(qs.data_ptr<uint8_t>(), s, m, K, [&](const auto& w) { return run(x, w, N, K / 2); });
 }
 
 at::Tensor int4_rows(const at::Tensor& ids, const at::Tensor& qs, const at::Tensor& scales, const at::Tensor& mins) {
   check_int4(qs, scales, mins, "int4_rows");
   const int64_t N = qs.size(0), K = qs.size(1) * 2;
   const at::Tensor s = scales.contiguous(), m = mins.contiguous();
-  const int64_t G = s.size(1);
-  const bool sym = m.numel() == 0;
-  if (s.scalar_type() == at::kHalf)
-    return table_rows(Int4Codes<at::Half>{{qs.data_ptr<uint8_t>(), s.data_ptr<at::Half>(), sym ? nullptr : m.data_ptr<at::Half>(), K, G}}, ids, N, "int4_rows");
-  return table_rows(Int4Codes<float>{{qs.data_ptr<uint8_t>(), s.data_ptr<float>(), sym ? nullptr : m.data_ptr<float>(), K, G}}, ids, N, "int4_rows");
+  return with_int4<Int4Codes>(qs.data_ptr<uint8_t>(), s, m, K, [&](const auto& w) { return table_rows(w, ids, N, "int4_rows"); });
 }
 
 at::Tensor int8_rows(const at::Tensor& ids, const at::Tensor& q, const at::Tensor& scales) {

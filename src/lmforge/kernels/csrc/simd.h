@@ -125,13 +125,48 @@ constexpr int64_t QK = 32;  // columns per block
 constexpr int64_t GROUP = 8;
 inline int64_t grouped_blocks(int64_t K) { return K / QK / GROUP * GROUP; }
 
+// K-quant block scales (GGUF Q4_K at load): per 8 blocks of a row (a super-block) 8 uint8 multipliers q
+// and the fp16 step d, 10 bytes; block i's scale (or min) is d * q[i % 8], exact in fp32. KScale is
+// the scale type S of Int4Layout<KScale>, KScales its "pointer" to block i.
+struct KScale {};
+constexpr int64_t KSCALE_BYTES = 10;
+struct KScales {
+  const uint8_t* base = nullptr;
+  int64_t i = 0;
+  KScales operator+(int64_t n) const { return {base, i + n}; }
+  float operator[](int64_t n) const {
+    const int64_t j = i + n;
+    const uint8_t* s = base + j / GROUP * KSCALE_BYTES;
+    c10::Half d;
+    std::memcpy(&d, s + GROUP, 2);
+    return to_float(d) * static_cast<float>(s[j % GROUP]);
+  }
+  explicit operator bool() const { return base != nullptr; }
+};
+// the 8 scales of a whole super-block (i % 8 == 0, as the group tiles read them)
+inline __m256 load8(const KScales& p) {
+  const uint8_t* s = p.base + p.i / GROUP * KSCALE_BYTES;
+  c10::Half d;
+  std::memcpy(&d, s + GROUP, 2);
+  const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s))));
+  return _mm256_mul_ps(q, _mm256_set1_ps(to_float(d)));
+}
+template <typename S>
+struct ScalePtr {
+  using type = const S*;
+};
+template <>
+struct ScalePtr<KScale> {
+  using type = KScales;
+};
+
 // int4: mins may be null (symmetric codes, GGUF Q4_0): then min = -8 * scale.
 template <typename S>
 struct Int4Layout {
   static constexpr bool HAS_MIN = true;
   static constexpr int64_t BLOCK_BYTES = QK / 2;
   const uint8_t* qs;
-  const S *scales, *mins;
+  typename ScalePtr<S>::type scales, mins;
   int64_t K, G;
   const uint8_t* row(int64_t r) const { return qs + r * (K / 2); }
   static constexpr int64_t GROUP_BYTES = GROUP * BLOCK_BYTES;
