@@ -241,6 +241,15 @@ def test_q4_k_m_mix_runs_its_q4_k_modules_natively(tmp_path):
                                                         layers[1].mlp.w_in))
     assert not isinstance(layers[0].attn.wqkv, BlockInt4Linear) and not isinstance(layers[1].mlp.w_out, BlockInt4Linear)
     assert isinstance(native.model.embed, BlockEmbedding) and not native.config.tie_embeddings
+    # what runs how, as `lmforge bench` reports it: q and k of both layers are dequantized with their v
+    from types import SimpleNamespace
+
+    from lmforge.bench.command import quantization_label
+
+    assert native.source.native_types == {"Q4_K": 8} and native.source.dequantized_types == {"Q4_K": 4, "Q6_K": 4}
+    args = SimpleNamespace(quantize=None, dequantize=False, dtype="float32", act_bits=32)
+    assert quantization_label(native, args).endswith("; Q4_K run natively, Q4_K/Q6_K dequantized to float32, "
+                                                     "decode activations fp32")
     x = ids(16, native.config.vocab_size, 1)
     ref = floats.score(x)
     assert (native.score(x) - ref).abs().max() <= ATOL * max(1.0, ref.abs().max().item())

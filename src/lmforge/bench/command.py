@@ -185,9 +185,13 @@ def quantization_label(llm, args) -> str | None:
         return f"{args.quantize} (RTN at load); {acts}"
     stored = llm.source.describe().get("quantization")
     if stored and llm.source.format == "gguf":
-        if args.dequantize:
+        src = llm.source
+        if args.dequantize or not src.native_types:
             return f"{stored}; dequantized to {args.dtype}"
-        return f"{stored}; Q4_0/Q4_1/Q4_K/Q5_0/Q8_0 run natively, {acts}"
+        runs = f"{'/'.join(sorted(src.native_types))} run natively"
+        if src.dequantized_types:  # a type without a native layout, or a fused module with one
+            runs += f", {'/'.join(sorted(src.dequantized_types))} dequantized to {args.dtype}"
+        return f"{stored}; {runs}, {acts}"
     return stored
 
 

@@ -248,6 +248,12 @@ class GGUFSource:
         self.config: ModelConfig = config
         self.native = native_plan(self.reader.tensors, self.family) if native else {}
         self.tensor_types = collections.Counter(t.tensor_type.name for t in self.reader.tensors)
+        # the types of the quantized tensors that run natively / are dequantized at load
+        self.native_types, self.dequantized_types = collections.Counter(), collections.Counter()
+        for t in self.reader.tensors:
+            if t.tensor_type.name not in ("F32", "F16", "BF16"):
+                ran = module_of(self.family, t.name) in self.native
+                (self.native_types if ran else self.dequantized_types)[t.tensor_type.name] += 1
 
     def release(self) -> None:
         """Drop the reader once the model and tokenizer are built: its parsed metadata (a Python object per
