@@ -96,7 +96,10 @@ def test_int4_k_quant_scales(native, act_bits, M, N, K):
     assert torch.equal(kernels.int4_rows(ids, qs, s, m), reference.dequantize_int4_blocks(qs, s32, m32)[ids])
     assert torch.equal(reference.int4_rows(ids, qs, s, m), reference.dequantize_int4_blocks(qs, s32, m32)[ids])
     with pytest.raises(RuntimeError, match="K-quant scales must be uint8"):
-        kernels.int4_linear(x, qs, s[:, :-10], m[:, :-10], act_bits)
+        kernels.int4_linear(x, qs, s[:, :-5], m[:, :-5], act_bits)  # not whole steps of 8 groups
+    if K == 768:
+        with pytest.raises(RuntimeError, match="group size K/G must be a multiple of 32"):
+            kernels.int4_linear(x, qs, s[:, :-10], m[:, :-10], act_bits)  # 16 groups of 48 columns
 
 
 @pytest.mark.parametrize("M,N,K", SHAPES)

@@ -164,19 +164,16 @@ at::Tensor table_rows(const Rows& w, const at::Tensor& ids, int64_t N, const cha
 
 // ---------------------------------------------------------------------------------------- ops
 
-// Scales [N, G] fp16 / fp32 (any group size that is a multiple of 32), or with K-quant uint8 ones
-// (`packed`, int4 only) [N, G / 8 * 10] for blocks of 32.
+// Scales [N, G] fp16 / fp32, or with `packed` (int4) K-quant uint8 ones [N, G / 8 * 10]; the group size
+// K/G a multiple of 32.
 void check_scales(const at::Tensor& scales, int64_t N, int64_t K, const char* op, bool packed = false) {
   TORCH_CHECK(scales.dim() == 2 && scales.size(0) == N, op, ": scales must be [N, G]");
   const auto st = scales.scalar_type();
   TORCH_CHECK(st == at::kHalf || st == at::kFloat || (packed && st == at::kByte), op,
               packed ? ": scales must be float16, float32 or K-quant uint8" : ": scales must be float16 or float32");
-  if (st == at::kByte) {
-    TORCH_CHECK(scales.size(1) * GROUP == K / QK * KSCALE_BYTES, op,
-                ": K-quant scales must be uint8 [N, K / 256 * 10]");
-    return;
-  }
-  const int64_t G = scales.size(1);
+  TORCH_CHECK(st != at::kByte || scales.size(1) % KSCALE_BYTES == 0, op,
+              ": K-quant scales must be uint8 [N, G / 8 * 10] (10 bytes per 8 groups)");
+  const int64_t G = scale_groups(scales);
   TORCH_CHECK(G > 0 && K % G == 0 && (K / G) % QK == 0, op, ": the group size K/G must be a multiple of 32");
 }
 
