@@ -88,6 +88,7 @@ def test_int4_k_quant_scales(native, act_bits, M, N, K):
     qs, s, m = random_k_scales(N, K, seed=M)
     s32, m32 = reference.block_values(s), reference.block_values(m)
     assert s.dtype == torch.uint8 and s.shape == (N, K // 256 * 10) and s32.shape == (N, K // 32)
+    assert reference.scale_groups(s) == reference.scale_groups(s32) == K // 32
     x = torch.randn(M, K, generator=torch.Generator().manual_seed(N))
     y = kernels.int4_linear(x, qs, s, m, act_bits)
     assert_matches_reference(y, reference.int4_linear(x, qs, s, m, act_bits))

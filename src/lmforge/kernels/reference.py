@@ -94,6 +94,11 @@ def pack_k_scales(step: torch.Tensor, mult: torch.Tensor) -> torch.Tensor:
     return torch.cat((mult.to(torch.uint8).reshape(N, G // 8, 8), d), dim=-1).reshape(N, -1).contiguous()
 
 
+def scale_groups(t: torch.Tensor) -> int:
+    """Groups per row G of scales or mins: [N, G] fp16 / fp32, or K-quant uint8 [N, G/8 * 10]."""
+    return t.shape[1] // KSCALE_BYTES * 8 if t.dtype == torch.uint8 else t.shape[1]
+
+
 def block_values(t: torch.Tensor) -> torch.Tensor:
     """Scales or mins [N, G] as fp32: fp16 / fp32 as they are, K-quant uint8 [N, G/8 * 10] unpacked."""
     if t.dtype != torch.uint8:

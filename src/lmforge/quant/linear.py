@@ -257,10 +257,8 @@ class BlockInt4Linear(QuantLinear):
         self.register_buffer("mins", torch.zeros(out_features, 0 if symmetric else width, dtype=scale_dtype))
 
     def format_args(self):
-        groups = self.scales.shape[1]
-        if self.scales.dtype == torch.uint8:
-            groups = groups // kernels.reference.KSCALE_BYTES * 8
-        return {"groups": groups, "scale_dtype": self.scales.dtype, "symmetric": self.mins.shape[1] == 0}
+        return {"groups": kernels.reference.scale_groups(self.scales), "scale_dtype": self.scales.dtype,
+                "symmetric": self.mins.shape[1] == 0}
 
     def dequantize(self):
         return kernels.reference.dequantize_int4_blocks(self.qs, self.scales, self.mins)
