@@ -2,9 +2,10 @@
 
 The shapes are TinyLlama-1.1B's (dim 2048, 22 layers, 32 heads, 4 KV heads, MLP 5632, vocabulary 32000);
 the weights are random (normal, std 0.02), so the text is noise, but every byte a decode step reads is
-there. The 2-D weights are written in the chosen type (Q4_0, Q8_0 via gguf-py's quantizer; Q4_K by
-quantize_q4_k below, as gguf-py has no K-quant quantizer; or F32), the norms in F32; a small vocabulary
-of byte tokens makes the file loadable with its tokenizer.
+there. The 2-D weights are written in the chosen type (Q4_0, Q8_0 via gguf-py's quantizer; Q4_K and Q6_K
+by quantize_q4_k / quantize_q6_k below, as gguf-py has no K-quant quantizer; Q4_K_M: Q4_K with the head
+and, as llama.cpp's Q4_K_M picks them, attn_v and ffn_down of 10 of the 22 layers in Q6_K; or F32), the
+norms in F32; a small vocabulary of byte tokens makes the file loadable with its tokenizer.
 
     python benchmarks/make_tinyllama_gguf.py --type Q4_0 --out /tmp/tinyllama-q4_0.gguf
     lmforge bench --model /tmp/tinyllama-q4_0.gguf --random-prompt -p 32 -n 64 --compare llamacpp
@@ -65,12 +66,47 @@ def quantize_q4_k(w: np.ndarray) -> np.ndarray:
     return blocks.reshape(N, -1)
 
 
+def quantize_q6_k(w: np.ndarray) -> np.ndarray:
+    """float32 [N, K] (K a multiple of 256) -> Q6_K blocks uint8 [N, K / 256 * 210], rounded to nearest:
+    each 16-weight sub-block's step spans its largest magnitude in 31 steps, an int8 multiple of the
+    super-block's fp16 d (llama.cpp searches for better ones)."""
+    N, K = w.shape
+    sub = w.reshape(N, K // 256, 16, 16)
+    step = np.abs(sub).max(-1) / 31
+    d = (step.max(-1) / 127).astype(np.float16)
+    df = d.astype(np.float32)[..., None]
+    sc = np.clip(np.rint(np.divide(step, df, out=np.zeros_like(step), where=df > 0)), 0, 127).astype(np.int8)
+    scale = (df * sc)[..., None]
+    q = np.clip(np.rint(np.divide(sub, scale, out=np.zeros_like(sub), where=scale > 0)) + 32, 0, 63).astype(np.uint8)
+    q = q.reshape(N, K // 256, 2, 4, 32)  # halves of 128: weight 32 k + l
+    low, top = q & 0x0F, q >> 4  # ql byte 32 (k % 2) + l: low nibble k < 2, high k >= 2; qh byte l: bits 2k
+    ql = np.concatenate([low[..., 0, :] | (low[..., 2, :] << 4), low[..., 1, :] | (low[..., 3, :] << 4)], axis=-1)
+    qh = top[..., 0, :] | (top[..., 1, :] << 2) | (top[..., 2, :] << 4) | (top[..., 3, :] << 6)
+    blocks = np.concatenate([ql.reshape(N, K // 256, 128), qh.reshape(N, K // 256, 64),
+                             sc.view(np.uint8), d[..., None].view(np.uint8)], axis=-1)
+    return blocks.reshape(N, -1)
+
+
+def q4_k_m_type(name: str) -> GGMLQuantizationType:
+    """The type llama.cpp's Q4_K_M gives a 2-D weight: Q6_K for the head, and for attn_v and ffn_down of
+    the first and last eighth of the layers and every third between; Q4_K elsewhere."""
+    n = SHAPE["layers"]
+    if name == "output.weight":
+        return GGMLQuantizationType.Q6_K
+    if name.endswith(("attn_v.weight", "ffn_down.weight")):
+        i = int(name.split(".")[1])
+        if i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2:
+            return GGMLQuantizationType.Q6_K
+    return GGMLQuantizationType.Q4_K
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--type", choices=("Q4_0", "Q4_K", "Q8_0", "F32"), default="Q4_0")
+    ap.add_argument("--type", choices=("Q4_0", "Q4_K", "Q4_K_M", "Q6_K", "Q8_0", "F32"), default="Q4_0")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    qtype = GGMLQuantizationType[args.type]
+    mixed = args.type == "Q4_K_M"
+    qtype = GGMLQuantizationType.Q4_K if mixed else GGMLQuantizationType[args.type]
     writer = GGUFWriter(args.out, "llama")
     writer.add_block_count(SHAPE["layers"])
     writer.add_context_length(SHAPE["context"])
@@ -89,11 +125,15 @@ def main():
     writer.add_token_types([2, 3, 3] + [6] * 256 + [1] * (len(tokens) - 259))
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
+    if mixed:
+        writer.add_file_type(15)  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    own = {GGMLQuantizationType.Q4_K: quantize_q4_k, GGMLQuantizationType.Q6_K: quantize_q6_k}
     for name, a in tensors(np.random.default_rng(0)):
-        if a.ndim == 2 and qtype == GGMLQuantizationType.Q4_K:
-            writer.add_tensor(name, quantize_q4_k(a), raw_dtype=qtype)
-        elif a.ndim == 2 and qtype != GGMLQuantizationType.F32:
-            writer.add_tensor(name, quants.quantize(a, qtype), raw_dtype=qtype)
+        kind = q4_k_m_type(name) if mixed else qtype
+        if a.ndim == 2 and kind in own:
+            writer.add_tensor(name, own[kind](a), raw_dtype=kind)
+        elif a.ndim == 2 and kind != GGMLQuantizationType.F32:
+            writer.add_tensor(name, quants.quantize(a, kind), raw_dtype=kind)
         else:
             writer.add_tensor(name, a)
     writer.write_header_to_file()

@@ -32,7 +32,7 @@ lmforge bench -m smollm2-135m-instruct --dequantize -p 32 "${common[@]}" \
 lmforge bench -m smollm2-135m-instruct --quantize int8 -p 32 "${common[@]}" \
   --output-json "benchmarks/results/speed-${stamp}-int8.json" | tee "benchmarks/results/speed-${stamp}-int8.md"
 
-for type in Q4_0 Q4_K F32; do  # Q4_0 and Q4_K with the default --act-bits 16
+for type in Q4_0 Q4_K Q4_K_M F32; do  # the GGUF types with the default --act-bits 16
   model="$tmp/tinyllama-1.1b-random-${type}.gguf"
   [ -f "$model" ] || python benchmarks/make_tinyllama_gguf.py --type "$type" --out "$model"
   lmforge bench -m "$model" --random-prompt -p 32 --max-new-tokens 32 --num-iter 2 --num-warmup 1 --greedy \

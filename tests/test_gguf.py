@@ -200,9 +200,9 @@ def test_quantized_gguf_matches_transformers_reading(qtype, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["llama", "llama_tied", "qwen2", "qwen3"])
-@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q5_0, Q.Q4_0, Q.Q4_1, Q.Q4_K], ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q5_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q6_K], ids=lambda q: q.name)
 def test_native_blocks_match_their_definition(qtype, kind, tmp_path):
-    """Q4_0 / Q4_1 / Q4_K / Q5_0 / Q8_0 run natively: every decoder Linear (and the embedding, and a tied head)
+    """Q4_0 / Q4_1 / Q4_K / Q5_0 / Q6_K / Q8_0 run natively: every decoder Linear (and the embedding, and a tied head)
     keeps the file's blocks, and the logits are those of the dequantized weights."""
     from lmforge.quant.linear import BLOCK_FORMATS, BlockEmbedding, TiedHead
 
@@ -213,14 +213,18 @@ def test_native_blocks_match_their_definition(qtype, kind, tmp_path):
     assert all(isinstance(m, BLOCK_FORMATS) for m in linears)
     assert isinstance(native.model.embed, BlockEmbedding)
     assert isinstance(native.model.lm_head, TiedHead) == native.config.tie_embeddings
-    assert not any(p.dtype == torch.float32 and p.dim() == 2 for p in native.model.state_dict().values())
+    assert not any(p.dtype == torch.float32 and p.dim() == 2 and not name.endswith("scales")  # no float weight
+                   for name, p in native.model.state_dict().items())
     if qtype == Q.Q4_K:  # K-quant scales and mins: the file's steps and 6-bit multipliers
         assert linears[0].scales.dtype == linears[0].mins.dtype == torch.uint8
+    if qtype == Q.Q6_K:  # plain int8 codes, an fp32 scale per 16 columns
+        assert linears[0].q.dtype == torch.int8 and linears[0].scales.dtype == torch.float32
+        assert linears[0].scales.shape[1] == linears[0].in_features // 16
     x = ids(16, native.config.vocab_size, 1)
     ours, ref = native.score(x), floats.score(x)
-    # the same products, summed in another order; the random Q4_K blocks, whose sub-block scales and
-    # mins vary 64-fold, make logits of ~17 where the others give ~1.5: within ATOL of their scale
-    tol = ATOL * (ref.abs().max().item() if qtype == Q.Q4_K else 1.0)
+    # the same products, summed in another order; the random K-quant blocks, whose sub-block scales (and
+    # mins) vary 64-fold or more, make logits of ~17 where the others give ~1.5: within ATOL of their scale
+    tol = ATOL * (ref.abs().max().item() if qtype in K_QUANTS else 1.0)
     assert (ours - ref).abs().max() <= tol
     # the cached decode path (one row per step through the kernels) agrees with scoring the whole text
     prompt = x[0, :6].tolist()
@@ -229,10 +233,10 @@ def test_native_blocks_match_their_definition(qtype, kind, tmp_path):
 
 
 def test_q4_k_m_mix_runs_its_q4_k_modules_natively(tmp_path):
-    """A Q4_K_M-style file (Q4_K, with attn_v, ffn_down of layer 1 and the head in Q6_K): the modules
-    whose parts are all Q4_K run natively; a fused module with a Q6_K part (q/k/v) and the Q6_K ones are
-    dequantized; the logits are those of the dequantized file."""
-    from lmforge.quant.linear import BlockEmbedding, BlockInt4Linear
+    """A Q4_K_M-style file (Q4_K, with attn_v, ffn_down of layer 1 and the head in Q6_K) runs all natively:
+    the Q4_K modules as int4, the Q6_K ones as int8 with half-block scales, the fused q/k/v as a
+    PartsLinear of both (q and k int4, v int8); the logits are those of the dequantized file."""
+    from lmforge.quant.linear import BlockEmbedding, BlockInt4Linear, BlockInt8Linear, PartsLinear
 
     types = {r"attn_v\.": Q.Q6_K, r"blk\.1\.ffn_down\.": Q.Q6_K, r"^output\.": Q.Q6_K}
     path = write_gguf(tiny("llama"), tmp_path / "q4_k_m.gguf", qtype=Q.Q4_K, types=types)
@@ -240,17 +244,22 @@ def test_q4_k_m_mix_runs_its_q4_k_modules_natively(tmp_path):
     layers = native.model.layers
     assert all(isinstance(m, BlockInt4Linear) for m in (layers[0].attn.wo, layers[0].mlp.w_in, layers[0].mlp.w_out,
                                                         layers[1].mlp.w_in))
-    assert not isinstance(layers[0].attn.wqkv, BlockInt4Linear) and not isinstance(layers[1].mlp.w_out, BlockInt4Linear)
+    assert isinstance(layers[1].mlp.w_out, BlockInt8Linear) and isinstance(native.model.lm_head, BlockInt8Linear)
+    assert layers[1].mlp.w_out.scales.shape == (layers[1].mlp.w_out.out_features, layers[1].mlp.w_out.in_features // 16)
+    for layer in layers:
+        qkv = layer.attn.wqkv
+        assert isinstance(qkv, PartsLinear) and [type(p) for p in qkv.parts] == [BlockInt4Linear, BlockInt8Linear]
+        kv_rows = DIMS["num_key_value_heads"] * DIMS["hidden_size"] // DIMS["num_attention_heads"]
+        assert [p.out_features for p in qkv.parts] == [DIMS["hidden_size"] + kv_rows, kv_rows]
     assert isinstance(native.model.embed, BlockEmbedding) and not native.config.tie_embeddings
-    # what runs how, as `lmforge bench` reports it: q and k of both layers are dequantized with their v
+    # what runs how, as `lmforge bench` reports it
     from types import SimpleNamespace
 
     from lmforge.bench.command import quantization_label
 
-    assert native.source.native_types == {"Q4_K": 8} and native.source.dequantized_types == {"Q4_K": 4, "Q6_K": 4}
+    assert native.source.native_types == {"Q4_K": 12, "Q6_K": 4} and not native.source.dequantized_types
     args = SimpleNamespace(quantize=None, dequantize=False, dtype="float32", act_bits=32)
-    assert quantization_label(native, args).endswith("; Q4_K run natively, Q4_K/Q6_K dequantized to float32, "
-                                                     "decode activations fp32")
+    assert quantization_label(native, args).endswith("; Q4_K/Q6_K run natively, decode activations fp32")
     x = ids(16, native.config.vocab_size, 1)
     ref = floats.score(x)
     assert (native.score(x) - ref).abs().max() <= ATOL * max(1.0, ref.abs().max().item())

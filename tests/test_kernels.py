@@ -117,6 +117,30 @@ def test_int8_linear_matches_reference(native, M, N, K, dtype):
         assert_matches_reference(kernels.int8_linear(x, grouped, scales), ref)
 
 
+@pytest.mark.parametrize("act_bits", [32, 16, 8])
+@pytest.mark.parametrize("M,N,K", [(1, 64, 32), (1, 11, 576), (2, 19, 512), (3, 37, 288), (4, 9, 768),
+                                   (5, 13, 256), (40, 7, 256), (1, 130, 1536)])
+def test_int8_half_block_scales(native, act_bits, M, N, K):
+    """Plain int8 with fp32 scales per 16 columns (GGUF Q6_K at load) in every path (tiles at 1-4 rows
+    of x, panels and the dequantized GEMM past them, table rows): the reference's result. Scales that
+    alternate in size and sign between a block's halves catch a half taking the other's scale."""
+    g = torch.Generator().manual_seed(M * 7 + N)
+    x = torch.randn(M, K, generator=g)
+    q = torch.randint(-32, 32, (N, K), dtype=torch.int8, generator=g)
+    s = torch.rand(N, K // 16, generator=g) * 0.01 + 1e-3
+    s[:, 1::2] *= -5
+    y = kernels.int8_linear(x, q, s, act_bits)
+    assert_matches_reference(y, reference.int8_linear(x, q, s, act_bits))
+    if act_bits == 32:
+        assert_matches_reference(y, x @ (q.float() * s.repeat_interleave(16, dim=1)).T)
+    ids = torch.tensor([0, N - 1, N // 2])
+    assert torch.equal(kernels.int8_rows(ids, q, s), reference.dequantize_int8_blocks(q, s)[ids])
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        kernels.int8_linear(x, q, s.half(), act_bits)  # fp16 scales: groups of 32 columns or more only
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        kernels.int8_linear(x, reference.pack_int8_groups(q), s, act_bits)  # the grouped layout neither
+
+
 @pytest.mark.parametrize("K", [64, 576])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_table_rows_equal_the_dequantized_rows(native, K, dtype):
@@ -449,6 +473,26 @@ def test_repack_gguf_q4_k_is_exact():
     assert_matches_reference(kernels.int4_linear(x, qs, s, m, 32), x @ expected.T)
     with pytest.raises(ValueError, match="Q4_K"):
         kernels.repack_gguf_q4_k(torch.zeros(4, 143, dtype=torch.uint8))
+
+
+def test_repack_gguf_q6_k_is_exact():
+    """Q6_K super-blocks (random bytes: every code, high-bit pattern and signed sub-block scale) repacked
+    into plain int8 codes with one fp32 scale per 16 columns give gguf's dequantization to the bit."""
+    from gguf import GGMLQuantizationType, quants
+
+    rng = np.random.default_rng(1)
+    blocks = rng.integers(0, 256, (9, 3, 210), dtype=np.uint8)
+    blocks[..., 208:210] = np.frombuffer(np.float16(3e-4).tobytes(), np.uint8)  # d: finite, like a file's
+    raw = torch.from_numpy(blocks.reshape(9, -1))
+    expected = torch.from_numpy(quants.dequantize(raw.numpy(), GGMLQuantizationType.Q6_K)).reshape(9, 768)
+    q, s = kernels.repack_gguf_q6_k(raw, rows=4)  # in pieces of 4 rows: the last one short
+    assert q.dtype == torch.int8 and s.dtype == torch.float32 and s.shape == (9, 48)
+    assert int(q.min()) == -32 and int(q.max()) == 31
+    assert torch.equal(reference.dequantize_int8_blocks(q, s), expected)
+    x = torch.randn(3, 768)
+    assert_matches_reference(kernels.int8_linear(x, q, s, 32), x @ expected.T)
+    with pytest.raises(ValueError, match="Q6_K"):
+        kernels.repack_gguf_q6_k(torch.zeros(4, 209, dtype=torch.uint8))
 
 
 def test_repack_gguf_rejects_wrong_width():

@@ -30,7 +30,7 @@ class LLM:
         lmforge.quant.parse_quantize); a folder written by `lmforge quantize` needs nothing.
         adapters: PEFT LoRA folder(s) (a path, a list, or {name: path}); merged into the weights
         (before quantization), or with merge_adapters=False applied per request: generate(adapter=name).
-        dequantize: expand a GGUF file's Q4_0/Q4_1/Q4_K/Q5_0/Q8_0 weights to `dtype` at load instead of running
+        dequantize: expand a GGUF file's Q4_0/Q4_1/Q4_K/Q5_0/Q6_K/Q8_0 weights to `dtype` at load instead of running
         them natively.
         act_bits: how the native CPU kernels of quantized weights take activations (prompts and decode
         steps): 16 (default) rounds them per 32 values to two int8 planes (~15 bits, logits within ~0.02

@@ -97,7 +97,7 @@ def open_source(source: str | Path | None, native: bool = True):
 def load(source: str | Path | None, dtype="float32", device="cpu", quantize=None, dequantize: bool = False):
     """(model, tokenizer, source) ready to run; tokenizer is the LmforgeError if it could not be loaded.
     quantize: an on-the-fly RTN spec ("int8", "int4-g128", ... or a QuantSpec) applied after loading
-    (to the dequantized weights of a GGUF file). dequantize: expand a GGUF file's Q4_0/Q4_1/Q4_K/Q5_0/Q8_0 weights
+    (to the dequantized weights of a GGUF file). dequantize: expand a GGUF file's Q4_0/Q4_1/Q4_K/Q5_0/Q6_K/Q8_0 weights
     to `dtype` instead of running them natively."""
     from .io.weights import build_model
 

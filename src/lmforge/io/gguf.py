@@ -1,9 +1,9 @@
 """GGUF files (llama.cpp): metadata -> ModelConfig, tensors (native blocks or dequantized), embedded tokenizer.
 
-The file is memory-mapped by ``gguf.GGUFReader``. Linear weights in Q4_0, Q4_1, Q4_K, Q5_0 and Q8_0 run natively:
+The file is memory-mapped by ``gguf.GGUFReader``. Linear weights in Q4_0, Q4_1, Q4_K, Q5_0, Q6_K and Q8_0 run natively:
 ``tensors()`` repacks their blocks into the layouts of lmforge's kernels (``BlockInt4Linear`` /
 ``BlockInt8Linear``; the token embedding becomes a ``BlockEmbedding``, which is also the head when the
-model ties them) and they are never expanded to floats. Every other type (F16, BF16, Q5_K, Q6_K, ...) is
+model ties them) and they are never expanded to floats. Every other type (F16, BF16, Q5_K, ...) is
 dequantized one tensor per step, so only the mapped bytes and one float copy of the tensor at hand
 exist at a time. ``GGUFSource(path, native=False)`` dequantizes everything (to quantize or merge an
 adapter into the weights, or to compare with a reference on the same float weights).
@@ -26,7 +26,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import LmforgeError
-from ..models.base import Family, Rule
+from ..models.base import FUSED_PARTS, Family, Rule
 
 # metadata arrays read only when the tokenizer is built (large: one entry per token or merge)
 VOCAB_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
@@ -37,10 +37,14 @@ TESTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_0", "Q4_0", "Q4_1", "Q4_K", "Q
 
 # GGUF types executed natively -> the kernel format they are repacked into
 # (q4s: int4 with min = -8 scale, no mins read; q4k: int4 with K-quant scales and mins, each Q4_K
-# sub-block of 32 weights one block; Q5_0's 5-bit codes - 16 are int8 codes)
-NATIVE_TYPES = {"Q4_0": "q4s", "Q4_1": "q4", "Q4_K": "q4k", "Q5_0": "q8", "Q8_0": "q8"}
+# sub-block of 32 weights one block; Q5_0's 5-bit codes - 16 are int8 codes; q6k: plain int8 with one
+# fp32 scale per 16 columns, Q6_K's codes - 32 and sub-block scales)
+NATIVE_TYPES = {"Q4_0": "q4s", "Q4_1": "q4", "Q4_K": "q4k", "Q5_0": "q8", "Q6_K": "q6k", "Q8_0": "q8"}
 NATIVE_TENSORS = {"q4": ("qs", "scales", "mins"), "q4s": ("qs", "scales", "mins"),  # q4s: mins [N, 0]
-                  "q4k": ("qs", "scales", "mins"), "q8": ("q", "scales")}  # what one GGUF weight becomes
+                  "q4k": ("qs", "scales", "mins"), "q8": ("q", "scales"),
+                  "q6k": ("q", "scales")}  # what one GGUF weight becomes
+# GGUFSource.tensors() names the joined parts of a PartsLinear with this prefix (no GGUF name has it)
+PARTS_PREFIX = "lmforge-parts:"
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -268,20 +272,38 @@ class GGUFSource:
         raise KeyError(name)
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        pending: dict[str, dict[tuple[str, str], torch.Tensor]] = {}  # the parts read of PartsLinears
         for t in self.reader.tensors:
-            if module_of(self.family, t.name) in self.native:
-                base = t.name.removesuffix(".weight")
-                for part, tensor in zip(NATIVE_TENSORS[NATIVE_TYPES[t.tensor_type.name]], repack(t, self.path)):
-                    yield f"{base}.{part}", tensor
-            else:
+            module = module_of(self.family, t.name)
+            plan = self.native.get(module) if module is not None else None
+            if plan is None:
                 yield t.name, dequantize(t, self.path)
+                continue
+            base = t.name.removesuffix(".weight")
+            named = zip(NATIVE_TENSORS[NATIVE_TYPES[t.tensor_type.name]], repack(t, self.path))
+            if isinstance(plan, str):
+                for name, tensor in named:
+                    yield f"{base}.{name}", tensor
+                continue
+            # a part of a PartsLinear: transformed as the family's rules say, joined into its run once the
+            # module's parts are all read (they are adjacent in a file), named for match()
+            got = pending.setdefault(module, {})
+            for name, tensor in named:
+                _, part, transform = self.family.match(f"{base}.{name}")
+                got[part, name] = tensor if transform is None else transform(tensor, self.config)
+            if {part for part, _ in got} == {part for _, parts, _ in plan for part in parts}:
+                for i, (kind, parts, _) in enumerate(plan):
+                    for name in NATIVE_TENSORS[kind]:
+                        yield f"{PARTS_PREFIX}{module}.parts.{i}.{name}", torch.cat([got[p, name] for p in parts])
+                del pending[module]
 
     def prepare(self, model, dtype: torch.dtype) -> None:
         """Put empty block-format modules (meta device) where the plan runs weights natively."""
-        from ..quant.linear import BlockEmbedding, BlockInt4Linear, BlockInt8Linear, TiedHead, set_module
+        from ..quant.linear import BlockEmbedding, BlockInt4Linear, BlockInt8Linear, PartsLinear, TiedHead, set_module
 
         classes = {"q4": BlockInt4Linear, "q4s": partial(BlockInt4Linear, symmetric=True),
-                   "q4k": partial(BlockInt4Linear, scale_dtype=torch.uint8), "q8": BlockInt8Linear}
+                   "q4k": partial(BlockInt4Linear, scale_dtype=torch.uint8), "q8": BlockInt8Linear,
+                   "q6k": partial(BlockInt8Linear, group_size=16, scale_dtype=torch.float32)}
         with torch.device("meta"):
             for name, kind in self.native.items():
                 if name == "embed":
@@ -291,9 +313,15 @@ class GGUFSource:
                         model.lm_head = TiedHead(model.embed)
                     continue
                 old = model.get_submodule(name)
-                set_module(model, name, classes[kind](old.in_features, old.out_features, bias=old.bias is not None))
+                if isinstance(kind, tuple):  # runs of parts in different formats
+                    parts = [classes[k](old.in_features, rows) for k, _, rows in kind]
+                    set_module(model, name, PartsLinear(parts, bias=old.bias is not None))
+                else:
+                    set_module(model, name, classes[kind](old.in_features, old.out_features, bias=old.bias is not None))
 
     def match(self, name: str):
+        if name.startswith(PARTS_PREFIX):  # a PartsLinear's run, already joined (tensors())
+            return name[len(PARTS_PREFIX):], None, None
         return self.family.match(name)
 
     def tokenizer(self):
@@ -328,25 +356,47 @@ def module_of(family: Family, tensor_name: str) -> str | None:
     return m[0].removesuffix(".weight")
 
 
-def native_plan(tensors, family: Family) -> dict[str, str]:
-    """lmforge module -> kernel format ("q4" / "q4s" / "q4k" / "q8") for every module whose GGUF weights (all the
-    parts of a fused one: q, k, v) have types the kernels run; the embedding too ("embed")."""
-    kinds: dict[str, set[str | None]] = collections.defaultdict(set)
+def native_plan(tensors, family: Family) -> dict[str, str | tuple]:
+    """lmforge module -> kernel format ("q4" / "q4s" / "q4k" / "q8" / "q6k") for every module whose GGUF
+    weights (all the parts of a fused one: q, k, v) have types the kernels run; the embedding too
+    ("embed"). A fused module whose parts have different formats (GGUF Q4_K_M: Q4_K q and k, Q6_K v)
+    gets its runs instead, ((format, parts, rows), ...): the consecutive parts of one format in the
+    module's order, each run one block-format module of a PartsLinear."""
+    kinds: dict[str, dict[str | None, str | None]] = collections.defaultdict(dict)
+    rows: dict[tuple[str, str | None], int] = {}
     for t in tensors:
         module = module_of(family, t.name)
         if module is not None:
-            kinds[module].add(NATIVE_TYPES.get(t.tensor_type.name) if len(t.shape) == 2 else None)
-    return {module: next(iter(k)) for module, k in kinds.items() if len(k) == 1 and None not in k}
+            part = family.match(t.name)[1]
+            kinds[module][part] = NATIVE_TYPES.get(t.tensor_type.name) if len(t.shape) == 2 else None
+            rows[module, part] = int(t.shape[-1])  # GGUF shapes are [K, N]
+    plan: dict[str, str | tuple] = {}
+    for module, parts in kinds.items():
+        found = set(parts.values())
+        if None in found:
+            continue
+        if len(found) == 1:
+            plan[module] = found.pop()
+            continue
+        runs: list[tuple[str, tuple[str, ...], int]] = []
+        for part in FUSED_PARTS[module.rsplit(".", 1)[-1]]:
+            kind, n = parts[part], rows[module, part]
+            if runs and runs[-1][0] == kind:
+                runs[-1] = (kind, runs[-1][1] + (part,), runs[-1][2] + n)
+            else:
+                runs.append((kind, (part,), n))
+        plan[module] = tuple(runs)
+    return plan
 
 
 def repack(t, path: Path) -> tuple[torch.Tensor, ...]:
-    """A Q4_0 / Q4_1 / Q4_K / Q5_0 / Q8_0 ReaderTensor as the kernel layout's tensors (see NATIVE_TENSORS)."""
+    """A Q4_0 / Q4_1 / Q4_K / Q5_0 / Q6_K / Q8_0 ReaderTensor as the kernel layout's tensors (see NATIVE_TENSORS)."""
     from .. import kernels
 
     N, K = (int(n) for n in reversed(t.shape.tolist()))
     kind = t.tensor_type.name
     fn = {"Q4_0": kernels.repack_gguf_q4_0, "Q4_1": kernels.repack_gguf_q4_1, "Q4_K": kernels.repack_gguf_q4_k,
-          "Q5_0": kernels.repack_gguf_q5_0, "Q8_0": kernels.repack_gguf_q8_0}[kind]
+          "Q5_0": kernels.repack_gguf_q5_0, "Q6_K": kernels.repack_gguf_q6_k, "Q8_0": kernels.repack_gguf_q8_0}[kind]
     try:
         with warnings.catch_warnings():  # the map is read-only; the repacked tensors are fresh copies
             warnings.simplefilter("ignore", UserWarning)

@@ -15,7 +15,8 @@ Weight layouts (output channel first; K a multiple of 32, groups of K/G columns,
 - int8: ``q`` int8 [N, K] (plain: column order), or uint8 [N, K] (grouped, GGUF Q8_0 at load: the codes
   + 128, in interleaved groups of 8 blocks like int4's, byte 32 i + 4 j + e holding column 4 i + e
   of block j, then the blocks left over in column order; ``reference.pack_int8_groups``). ``scales``
-  float16 or float32 [N, G]; w = q * scale.
+  float16 or float32 [N, G]; w = q * scale. Plain int8 also takes fp32 half-block scales [N, 2 K/32], one
+  per 16 columns (GGUF Q6_K at load).
 - dense: ``weight`` float32, bfloat16 or float16 [N, K] (an ordinary Linear weight).
 
 ``int4_linear(x, ..., act_bits)`` / ``int8_linear(x, ..., act_bits)`` compute x [..., K] @ W.T -> [..., N]
@@ -49,12 +50,12 @@ import torch
 
 from . import reference
 from .build import load_native
-from .repack import (repack_gguf_q4_0, repack_gguf_q4_1, repack_gguf_q4_k, repack_gguf_q5_0, repack_gguf_q8_0,
-                     repack_int4, repack_int8)
+from .repack import (repack_gguf_q4_0, repack_gguf_q4_1, repack_gguf_q4_k, repack_gguf_q5_0, repack_gguf_q6_k,
+                     repack_gguf_q8_0, repack_int4, repack_int8)
 
 __all__ = ["attention_decode", "backend", "dense_linear", "describe", "int4_linear", "int4_rows", "int8_linear",
            "int8_rows", "repack_gguf_q4_0", "repack_gguf_q4_1", "repack_gguf_q4_k", "repack_gguf_q5_0",
-           "repack_gguf_q8_0", "repack_int4", "repack_int8", "rms_norm", "silu_mul"]
+           "repack_gguf_q6_k", "repack_gguf_q8_0", "repack_int4", "repack_int8", "rms_norm", "silu_mul"]
 
 SCHEMAS = {
     "int4_linear": "int4_linear(Tensor x, Tensor qs, Tensor scales, Tensor mins, int act_bits=32) -> Tensor",

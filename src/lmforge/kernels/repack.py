@@ -15,6 +15,12 @@ GGUF blocks (ggml's ``block_q4_0`` / ``block_q4_1`` / ``block_q8_0``, 32 weights
   Byte i of 64-weight chunk c (32 bytes) holds weight 64 c + i in its low nibble and 64 c + 32 + i in
   its high one. Each sub-block becomes an int4 block whose scale is d * sc and min -dmin * m, kept as
   K-quant scales (the steps d, -dmin and the 6-bit sc, m; exact in fp32, 11 x 6 significant bits).
+- Q6_K, 210 bytes per 256 weights (16 sub-blocks of 16): 128 bytes ql (low 4 bits) | 64 bytes qh (top 2
+  bits) | 16 int8 sub-block scales sc | d fp16;                    w = d * sc * (q - 32)
+  Each 128-weight half takes 64 bytes of ql and 32 of qh: weight 32 k + l (k < 4, l < 32) has its low
+  bits in the low (k < 2) or high nibble of ql byte 32 (k % 2) + l and its top bits at bit 2k of qh
+  byte l. q - 32 in -32..31 is an int8 code and d * sc an fp32 scale (exact, 11 x 8 significant bits):
+  a Q6_K weight becomes plain int8 with half-block scales, one per 16 columns.
 
 lmforge's own formats (``quant.formats``): int4 (packed pairs of columns, scales and integer zeros per
 group, w = (q - z) * s) and int8 (per-channel scales, w = q * s).
@@ -25,7 +31,7 @@ import torch
 
 from .reference import KSCALE_BYTES, QK, gguf_int4_blocks, pack_int4_blocks, pack_int8_groups, pack_k_scales
 
-Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q8_0_BYTES, Q4_K_BYTES = 18, 20, 22, 34, 144
+Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q8_0_BYTES, Q4_K_BYTES, Q6_K_BYTES = 18, 20, 22, 34, 144, 210
 QK_K = 256  # weights per K-quant super-block
 
 
@@ -95,6 +101,30 @@ def repack_gguf_q4_k(raw: torch.Tensor, rows: int = 2048) -> tuple[torch.Tensor,
         codes = torch.cat((nib & 0x0F, nib >> 4), dim=3).reshape(n, -1)        # [n, K] in column order
         qs[r0:r0 + n] = pack_int4_blocks(codes)
     return qs, scales, mins
+
+
+def repack_gguf_q6_k(raw: torch.Tensor, rows: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """GGUF Q6_K bytes -> (q int8 [N, K] plain, scales fp32 [N, K/16]): the codes q - 32 and one scale
+    d * sc per 16 columns (the same weights, see the module docstring). Always the plain int8 layout, the
+    one whose kernels take half-block scales. `rows` rows at a time, so that the unpacked codes stay small."""
+    raw = torch.as_tensor(raw)
+    if raw.dtype != torch.uint8 or raw.dim() != 2 or raw.shape[1] % Q6_K_BYTES:
+        raise ValueError(f"Q6_K data must be uint8 [N, K/256 * {Q6_K_BYTES}], got {raw.dtype} {tuple(raw.shape)}")
+    N, nsuper = raw.shape[0], raw.shape[1] // Q6_K_BYTES
+    q = torch.empty(N, nsuper * QK_K, dtype=torch.int8)
+    scales = torch.empty(N, nsuper * QK_K // 16, dtype=torch.float32)
+    for r0 in range(0, N, rows):
+        blocks = raw[r0:r0 + rows].reshape(-1, nsuper, Q6_K_BYTES)
+        n = blocks.shape[0]
+        ql = blocks[..., :128].reshape(n, nsuper, 2, 2, 32)                 # half, k % 2, l
+        qh = blocks[..., 128:192].reshape(n, nsuper, 2, 1, 32)              # half, -, l
+        low = torch.cat((ql & 0x0F, ql >> 4), dim=3)                       # k = 0..3
+        high = (qh >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8).reshape(4, 1)) & 3
+        q[r0:r0 + n] = ((low | (high << 4)).to(torch.int8) - 32).reshape(n, -1)
+        sc = blocks[..., 192:208].contiguous().view(torch.int8).float()    # [n, nsuper, 16]
+        d = blocks[..., 208:210].contiguous().view(torch.float16).float()  # [n, nsuper, 1]
+        scales[r0:r0 + n] = (d * sc).reshape(n, -1)
+    return q, scales
 
 
 def repack_gguf_q8_0(raw: torch.Tensor, grouped: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ from torch import nn
 
 from .. import kernels
 from ..quant.linear import (BlockEmbedding, BlockInt4Linear, BlockInt8Linear, Int4Linear, Int8Linear,
-                            QuantLinear, TiedHead)
+                            PartsLinear, QuantLinear, TiedHead)
 from .layers import Linear, RMSNorm
 
 DISABLE_ENV = "LMFORGE_DECODE_STEP"
@@ -34,10 +34,16 @@ class Unfit(Exception):
     """The model (or one of its modules) is not something the native step runs."""
 
 
-def _linear(module: nn.Module, bits: set[int]) -> tuple[str, list[torch.Tensor], torch.Tensor | None]:
-    """(format, tensors, bias) of a Linear in the plan's terms; records quantized act_bits in `bits`."""
+def _linear(module: nn.Module, bits: set[int]) -> tuple[str, list, torch.Tensor | None]:
+    """(format, tensors, bias) of a Linear in the plan's terms (a PartsLinear: ("parts", its parts'
+    (format, tensors, None)), bias); records quantized act_bits in `bits`."""
     if isinstance(module, TiedHead):
         module = module.table
+    if isinstance(module, PartsLinear):
+        bias = module.bias
+        if bias is not None and bias.dtype != torch.float32:
+            raise Unfit("non-fp32 biases")
+        return "parts", [_linear(p, bits) for p in module.parts], bias
     if isinstance(module, QuantLinear):
         if module.input_scale is not None or module.perm is not None:
             raise Unfit(f"{type(module).__name__} with an input scale or permutation")
@@ -84,6 +90,14 @@ def _norm(module: nn.Module | None) -> tuple[torch.Tensor | None, torch.Tensor |
     return module.weight.detach(), None if bias is None else bias.detach()
 
 
+def _add(plan, spec) -> int:
+    """Add a _linear spec to the plan; its index."""
+    fmt, tensors, bias = spec
+    if fmt == "parts":
+        return plan.add_parts([_add(plan, part) for part in tensors], bias)
+    return plan.add_linear(fmt, tensors, bias)
+
+
 def disabled() -> bool:
     return os.environ.get(DISABLE_ENV, "1") == "0"
 
@@ -118,7 +132,7 @@ def build(model: nn.Module):
                                             bool(cfg.rope_interleaved), act_bits, cfg.norm, bool(cfg.parallel_block),
                                             cfg.mlp, cfg.act)
     for attn_norm, qkv, o, mlp_norm, w_in, w_out, scale, qk_norm in specs:
-        ids = [plan.add_linear(*spec) for spec in (qkv, o, w_in, w_out)]
+        ids = [_add(plan, spec) for spec in (qkv, o, w_in, w_out)]
         plan.add_layer(*attn_norm, ids[0], ids[1], *mlp_norm, ids[2], ids[3], float(scale))
         if qk_norm is not None:
             plan.set_qk_norm(*qk_norm)

@@ -269,17 +269,18 @@ class BlockInt4Linear(QuantLinear):
 
 
 class BlockInt8Linear(QuantLinear):
-    """int8 with one scale per group of input columns (GGUF Q8_0 at load: groups of 32), the native
+    """int8 with one scale per group of input columns (GGUF Q8_0 / Q5_0 at load: groups of 32), the native
     kernels' layout: ``q`` uint8 [N, K] grouped (codes + 128, interleaved per 8 blocks, see
     lmforge.kernels; where the kernels have VNNI) or int8 [N, K] plain, ``scales`` [N, G] float16 or
-    float32, w = q * scale."""
+    float32, w = q * scale. Plain int8 with float32 scales also takes groups of 16 columns (GGUF Q6_K at
+    load: ``group_size=16``)."""
     format = "q8"
     weight_names = ("q", "scales")
 
     def __init__(self, in_features, out_features, bias=False, input_scale=False, perm=False,
-                 groups: int | None = None, scale_dtype: torch.dtype = torch.float16):
+                 groups: int | None = None, scale_dtype: torch.dtype = torch.float16, group_size: int | None = None):
         super().__init__(in_features, out_features, bias, input_scale, perm)
-        groups = groups or in_features // kernels.reference.QK
+        groups = groups or in_features // (group_size or kernels.reference.QK)
         self.register_buffer("q", torch.full((out_features, in_features), 128, dtype=torch.uint8))  # zeros
         self.register_buffer("scales", torch.ones(out_features, groups, dtype=scale_dtype))
 
@@ -295,6 +296,30 @@ class BlockInt8Linear(QuantLinear):
 
 
 BLOCK_FORMATS = (BlockInt4Linear, BlockInt8Linear)
+
+
+class PartsLinear(nn.Module):
+    """A fused Linear (q/k/v, gate/up) whose row ranges are in different block formats, e.g. a GGUF
+    Q4_K_M attention's Q4_K q and k beside its Q6_K v: ``parts`` (block-format QuantLinears over the same
+    inputs, without biases) in row order; the output is theirs side by side, plus ``bias`` [N]."""
+
+    def __init__(self, parts: list[QuantLinear], bias: bool = False):
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+        self.in_features = parts[0].in_features
+        self.out_features = sum(p.out_features for p in parts)
+        self.register_buffer("bias", torch.zeros(self.out_features) if bias else None)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+
+    def dequantize(self) -> torch.Tensor:
+        return torch.cat([p.dequantize() for p in self.parts])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([p(x) for p in self.parts], dim=-1)
+        bias = self._buffers["bias"]
+        return y if bias is None else y + bias.to(y.dtype)
 
 
 class BlockEmbedding(nn.Module):

@@ -36,7 +36,7 @@
 
 #include "attention.h"
 #include "dense.h"
-#include "int4_scales.h"
+#include "layouts.h"
 #include "qact.h"
 
 #include <algorithm>
@@ -53,8 +53,8 @@ namespace {
 
 using namespace lmforge_qact;  // QK, QRow, RoundedRows, dot_tile, Int4Rows, Int8Rows, for_tiles
 
-// INT4: any scale type (with_int4); G: grouped int8
-enum class Kind { DENSE_F32, INT4, INT8_F16, INT8_F32, INT8G_F16, INT8G_F32 };
+// INT4, INT8: any of their layouts (with_int4, with_int8); PARTS: integer linears side by side (rows)
+enum class Kind { DENSE_F32, INT4, INT8, PARTS };
 enum class Act { SILU, GELU, GELU_TANH, RELU };
 
 Act parse_act(const std::string& name) {
@@ -101,11 +101,27 @@ struct Lin {
   Kind kind;
   at::Tensor w, scales, mins, bias;  // w: the dense weight, int4 qs or int8 q
   int64_t N, K, G;
+  int64_t ldy = 0;  // the stride of its output rows: N, or a PARTS linear's N for its parts
+  std::vector<Lin> parts;  // PARTS: rows [0, parts[0].N), then the next part's, ... (ldy = N, no bias)
+  std::vector<int64_t> offsets;  // PARTS: the first row of each part
   bool integer() const { return kind >= Kind::INT4; }
-  // the blocks held in interleaved groups (the layouts' grouped())
+  // the blocks held in interleaved groups (the layouts' grouped()): the rounded input's layout; PARTS:
+  // that of its grouped parts where it has any
   int64_t grouped() const {
-    const bool plain = kind == Kind::INT8_F16 || kind == Kind::INT8_F32;
+    if (kind == Kind::PARTS) {
+      int64_t g = 0;
+      for (const Lin& p : parts) g = std::max(g, p.grouped());
+      return g;
+    }
+    const bool plain = kind == Kind::INT8 && w.scalar_type() == at::kChar;
     return plain ? 0 : grouped_blocks(K);
+  }
+  // PARTS with both grouped and plain parts: the input is rounded in both layouts
+  bool mixed_layouts() const {
+    if (kind != Kind::PARTS) return false;
+    for (const Lin& p : parts)
+      if (p.grouped() != grouped()) return true;
+    return false;
   }
 };
 
@@ -129,14 +145,25 @@ inline void barrier() {
 
 // This thread's rows of y [M, N] = x @ W.T (+ bias), then the activation `act` when given; with
 // `residual`, residual [M, N] += y instead (y is then scratch). Integer weights read the rounded rows,
-// dense ones x.
+// dense ones x; the plain parts of a PARTS linear with mixed layouts read `plain` (the input rounded
+// for plain int8), the others xr.
 class Linear {
  public:
   Linear(const Lin& l, const Team& t) : l_(l), t_(t) {}
 
-  // returns this thread's rows [r0, r1) of y
+  // returns this thread's rows [r0, r1) of y (a PARTS linear: of its last part)
   std::pair<int64_t, int64_t> run(const float* x, const RoundedRows& xr, int64_t M, float* y, float* residual,
-                                  bool two, const Act* act = nullptr) const {
+                                  bool two, const Act* act = nullptr, const RoundedRows* plain = nullptr) const {
+    if (l_.kind == Kind::PARTS) {  // each part's rows in place, a share of each for every thread
+      std::pair<int64_t, int64_t> rows;
+      for (size_t i = 0; i < l_.parts.size(); ++i) {
+        const Lin& p = l_.parts[i];
+        const RoundedRows& in = p.grouped() == l_.grouped() ? xr : *plain;
+        const int64_t off = l_.offsets[i];
+        rows = Linear(p, t_).run(x, in, M, y + off, residual ? residual + off : nullptr, two, act);
+      }
+      return rows;
+    }
     int64_t r0 = 0, r1 = 0;
     for (int64_t m0 = 0; m0 < M; m0 += 4) {
       const int64_t mr = std::min<int64_t>(4, M - m0);
@@ -152,7 +179,7 @@ class Linear {
     }
     const float* bias = l_.bias.defined() ? l_.bias.data_ptr<float>() : nullptr;
     if (!bias && !residual && !act) return {r0, r1};
-    const int64_t N = l_.N;
+    const int64_t N = l_.ldy;
     for (int64_t m = 0; m < M; ++m) {
       float* ym = y + m * N;
       if (bias)
@@ -176,38 +203,28 @@ class Linear {
 
   template <int MR, typename W>
   std::pair<int64_t, int64_t> dense(const W* w, const float* x, float* y) const {
-    const int64_t K = l_.K, N = l_.N;
-    auto tile = [&](int64_t n, auto) { lmforge_dense::dot_row<MR>(w + n * K, K, x, y + n, N); };
+    const int64_t K = l_.K, ldy = l_.ldy;
+    auto tile = [&](int64_t n, auto) { lmforge_dense::dot_row<MR>(w + n * K, K, x, y + n, ldy); };
     return share<1>(tile);
   }
 
   template <int MR, bool TWO, typename Rows>
   std::pair<int64_t, int64_t> quant(const Rows& w, const QRow* xr, float* y) const {
-    const int64_t N = l_.N;
-    auto tile = [&](int64_t n0, auto rows) { dot_tile<decltype(rows)::value, MR, TWO>(w, n0, xr, y, N); };
+    const int64_t N = l_.N, ldy = l_.ldy;
+    auto tile = [&](int64_t n0, auto rows) { dot_tile<decltype(rows)::value, MR, TWO>(w, n0, xr, y, N, ldy); };
     return share<tile_rows<Rows, MR, TWO>()>(tile);
   }
 
   template <int MR, bool TWO>
   std::pair<int64_t, int64_t> integer(const QRow* xr, float* y) const {
-    const int64_t K = l_.K, G = l_.G;
-    switch (l_.kind) {
-      case Kind::INT4:
-        return with_int4<Int4Rows>(l_.w.data_ptr<uint8_t>(), l_.scales, l_.mins, K, [&](const auto& w) { return quant<MR, TWO>(w, xr, y); });
-      case Kind::INT8_F16:
-        return quant<MR, TWO>(Int8Rows<at::Half>{{l_.w.data_ptr<int8_t>(), l_.scales.data_ptr<at::Half>(), K, G}}, xr, y);
-      case Kind::INT8_F32:
-        return quant<MR, TWO>(Int8Rows<float>{{l_.w.data_ptr<int8_t>(), l_.scales.data_ptr<float>(), K, G}}, xr, y);
-      case Kind::INT8G_F16:
-        return quant<MR, TWO>(Int8Rows<at::Half, uint8_t>{{l_.w.data_ptr<uint8_t>(), l_.scales.data_ptr<at::Half>(), K, G}}, xr, y);
-      default:
-        return quant<MR, TWO>(Int8Rows<float, uint8_t>{{l_.w.data_ptr<uint8_t>(), l_.scales.data_ptr<float>(), K, G}}, xr, y);
-    }
+    auto run = [&](const auto& w) { return quant<MR, TWO>(w, xr, y); };
+    if (l_.kind == Kind::INT4) return with_int4<Int4Rows>(l_.w.data_ptr<uint8_t>(), l_.scales, l_.mins, l_.K, run);
+    return with_int8<Int8Rows>(l_.w, l_.scales, l_.K, run);
   }
 
   template <int MR>
   std::pair<int64_t, int64_t> group(const float* x, const RoundedRows& xr, int64_t m0, float* y, bool two) const {
-    float* ym = y + m0 * l_.N;
+    float* ym = y + m0 * l_.ldy;
     switch (l_.kind) {
       case Kind::DENSE_F32: return dense<MR>(l_.w.data_ptr<float>(), x + m0 * l_.K, ym);
       default:
@@ -310,7 +327,9 @@ class DecodePlan : public torch::CustomClassHolder {
                                                                     (int4 && st == at::kByte && l.scales.size(1) % KSCALE_BYTES == 0)),
                   "DecodePlan: scales must be fp16 or fp32 [N, G], or K-quant uint8 [N, G / 8 * 10] (int4)");
       l.G = scale_groups(l.scales);
-      TORCH_CHECK(l.K % QK == 0 && l.K % l.G == 0 && (l.K / l.G) % QK == 0, "DecodePlan: groups must be multiples of 32 columns");
+      const bool halves = !int4 && l.w.scalar_type() == at::kChar && st == at::kFloat && half_block_scales(l.scales, l.K);
+      TORCH_CHECK(l.K % QK == 0 && (halves || (l.K % l.G == 0 && (l.K / l.G) % QK == 0)),
+                  "DecodePlan: groups must be multiples of 32 columns (or 16, fp32 scales of plain int8 codes)");
       if (int4) {
         l.mins = parts[2];
         TORCH_CHECK((l.mins.sizes() == l.scales.sizes() || (l.mins.dim() == 2 && l.mins.size(0) == l.N && l.mins.size(1) == 0)) &&
@@ -318,8 +337,8 @@ class DecodePlan : public torch::CustomClassHolder {
                     "DecodePlan: mins must match scales, or be empty [N, 0] (min = -8 scale)");
         l.kind = Kind::INT4;
       } else {
-        const bool grouped = l.w.scalar_type() == at::kByte;
-        l.kind = st == at::kHalf ? (grouped ? Kind::INT8G_F16 : Kind::INT8_F16) : (grouped ? Kind::INT8G_F32 : Kind::INT8_F32);
+        TORCH_CHECK(st != at::kByte, "DecodePlan: int8 scales must be fp16 or fp32");
+        l.kind = Kind::INT8;
       }
     } else {
       TORCH_CHECK(false, "DecodePlan: unknown linear format ", format);
@@ -328,6 +347,41 @@ class DecodePlan : public torch::CustomClassHolder {
       TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == l.N && cpu_contiguous(*bias),
                   "DecodePlan: a bias must be fp32 [N]");
       l.bias = *bias;
+    }
+    l.ldy = l.N;
+    lins_.push_back(l);
+    return static_cast<int64_t>(lins_.size()) - 1;
+  }
+
+  // One linear of the integer linears `ids` (added without biases, same K) side by side: its rows are
+  // theirs in order (a fused q/k/v whose parts have different layouts, GGUF Q4_K_M's Q4_K q and k with a
+  // Q6_K v); bias [sum of N] as add_linear's. Returns its index.
+  int64_t add_parts(const std::vector<int64_t>& ids, const c10::optional<at::Tensor>& bias) {
+    TORCH_CHECK(!ids.empty(), "DecodePlan: add_parts needs linears");
+    Lin l;
+    l.kind = Kind::PARTS;
+    l.N = 0;
+    l.G = 1;
+    for (int64_t i : ids) {
+      TORCH_CHECK(i >= 0 && i < static_cast<int64_t>(lins_.size()), "DecodePlan: no linear ", i);
+      const Lin& p = lins_[i];
+      TORCH_CHECK(p.kind == Kind::INT4 || p.kind == Kind::INT8, "DecodePlan: parts must be int4 or int8 linears");
+      TORCH_CHECK(!p.bias.defined(), "DecodePlan: parts have no bias (the whole linear has it)");
+      TORCH_CHECK(l.parts.empty() || p.K == l.K, "DecodePlan: parts must have the same K");
+      l.K = p.K;
+      l.offsets.push_back(l.N);
+      l.parts.push_back(p);
+      l.N += p.N;
+    }
+    l.ldy = l.N;
+    for (size_t i = 0; i < l.parts.size(); ++i) {
+      Lin& p = l.parts[i];
+      p.ldy = l.N;
+      if (bias.has_value() && bias->defined()) {
+        TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == l.N && bias->is_contiguous() && bias->device().is_cpu(),
+                    "DecodePlan: a bias must be fp32 [N]");
+        p.bias = bias->narrow(0, l.offsets[i], p.N);  // contiguous: a range of a vector
+      }
     }
     lins_.push_back(l);
     return static_cast<int64_t>(lins_.size()) - 1;
@@ -360,7 +414,9 @@ class DecodePlan : public torch::CustomClassHolder {
   }
 
   void set_head(const c10::optional<at::Tensor>& norm, const c10::optional<at::Tensor>& norm_bias, int64_t head) {
-    TORCH_CHECK(head >= 0 && head < static_cast<int64_t>(lins_.size()) && lins_[head].K == D_, "DecodePlan: bad head");
+    TORCH_CHECK(head >= 0 && head < static_cast<int64_t>(lins_.size()) && lins_[head].K == D_ &&
+                    lins_[head].kind != Kind::PARTS,
+                "DecodePlan: bad head");
     if (norm.has_value() && norm->defined()) norm_ = make_norm(*norm, norm_bias);
     head_ = head;
   }
@@ -368,7 +424,8 @@ class DecodePlan : public torch::CustomClassHolder {
   // The embedding table (a linear added with add_linear: its rows are the tokens' vectors) and the
   // learned positions (fp32 [P, D], looked up at position + pos_offset) of step_tokens.
   void set_embedding(int64_t table, const c10::optional<at::Tensor>& positions, int64_t pos_offset) {
-    TORCH_CHECK(table >= 0 && table < static_cast<int64_t>(lins_.size()) && lins_[table].K == D_ && !lins_[table].bias.defined(),
+    TORCH_CHECK(table >= 0 && table < static_cast<int64_t>(lins_.size()) && lins_[table].K == D_ && !lins_[table].bias.defined() &&
+                    lins_[table].kind != Kind::PARTS,
                 "DecodePlan: bad embedding table");
     if (positions.has_value() && positions->defined()) {
       const at::Tensor& p = *positions;
@@ -496,6 +553,9 @@ class DecodePlan : public torch::CustomClassHolder {
     at::Tensor logits = at::empty({B, V}, x.options());
     RoundedRows rounded;  // the rounded input of the current linear (each thread its rows, between barriers)
     rounded.reserve(B, widest, act_bits_ == 16);
+    RoundedRows plain;  // and for the plain parts of a linear with mixed layouts (Lin::mixed_layouts)
+    for (const Lin& l : lins_)
+      if (l.mixed_layouts()) plain.reserve(B, widest, act_bits_ == 16);
 
     float* rp = res.data_ptr<float>();
     float* hp = h.data();
@@ -538,6 +598,7 @@ class DecodePlan : public torch::CustomClassHolder {
       const int64_t m0 = t.begin(B), m1 = t.end(B);
       auto prepare = [&](const Lin& l, const float* in) {
         if (l.integer()) rounded.round_rows(in, m0, m1, l.K, two, l.grouped());
+        if (l.mixed_layouts()) plain.round_rows(in, m0, m1, l.K, two, 0);
       };
       auto norm_rows = [&](const Norm& n, const float* in, float* o) {
         for (int64_t m = m0; m < m1; ++m) n.apply(in + m * D_, D_, eps_, o + m * D_);
@@ -558,7 +619,7 @@ class DecodePlan : public torch::CustomClassHolder {
         prepare(wqkv, hp);
         barrier();
         phase_end(0);
-        Linear(wqkv, t).run(hp, rounded, B, qkvp, nullptr, two);
+        Linear(wqkv, t).run(hp, rounded, B, qkvp, nullptr, two, nullptr, &plain);
         barrier();
         phase_end(1);
         for (int64_t task = t.begin(B * KV_); task < t.end(B * KV_); ++task) {  // rope k, write k and v
@@ -603,7 +664,7 @@ class DecodePlan : public torch::CustomClassHolder {
         prepare(wo, hp);
         barrier();
         phase_end(4);
-        Linear(wo, t).run(hp, rounded, B, yp, rp, two);
+        Linear(wo, t).run(hp, rounded, B, yp, rp, two, nullptr, &plain);
         barrier();
         phase_end(5);
         if (!parallel_) norm_rows(layer.mlp_norm, rp, h2p);
@@ -611,9 +672,9 @@ class DecodePlan : public torch::CustomClassHolder {
         barrier();
         phase_end(6);
         if (gated_) {
-          Linear(win, t).run(h2p, rounded, B, yp, nullptr, two);
+          Linear(win, t).run(h2p, rounded, B, yp, nullptr, two, nullptr, &plain);
         } else {  // fc1 and its activation, straight into the next linear's input
-          Linear(win, t).run(h2p, rounded, B, hp, nullptr, two, &act_);
+          Linear(win, t).run(h2p, rounded, B, hp, nullptr, two, &act_, &plain);
         }
         barrier();
         phase_end(7);
@@ -625,7 +686,7 @@ class DecodePlan : public torch::CustomClassHolder {
         prepare(wout, hp);
         barrier();
         phase_end(8);
-        Linear(wout, t).run(hp, rounded, B, yp, rp, two);
+        Linear(wout, t).run(hp, rounded, B, yp, rp, two, nullptr, &plain);
         barrier();
         phase_end(9);
       }
@@ -724,16 +785,11 @@ class DecodePlan : public torch::CustomClassHolder {
 
   // out [K] = row r of the linear l's weight in fp32 (the embedding lookup)
   static void embed_row(const Lin& l, int64_t r, float* out) {
-    const int64_t K = l.K, G = l.G;
+    auto decode = [&](const auto& w) { decode_row(w, r, out); };
     switch (l.kind) {
-      case Kind::DENSE_F32: std::copy_n(l.w.data_ptr<float>() + r * K, K, out); return;
-      case Kind::INT4:
-        return with_int4<Int4Codes>(l.w.data_ptr<uint8_t>(), l.scales, l.mins, K, [&](const auto& w) { decode_row(w, r, out); });
-      case Kind::INT8_F16: return decode_row(Int8Codes<at::Half>{{l.w.data_ptr<int8_t>(), l.scales.data_ptr<at::Half>(), K, G}}, r, out);
-      case Kind::INT8_F32: return decode_row(Int8Codes<float>{{l.w.data_ptr<int8_t>(), l.scales.data_ptr<float>(), K, G}}, r, out);
-      case Kind::INT8G_F16:
-        return decode_row(Int8Codes<at::Half, uint8_t>{{l.w.data_ptr<uint8_t>(), l.scales.data_ptr<at::Half>(), K, G}}, r, out);
-      default: return decode_row(Int8Codes<float, uint8_t>{{l.w.data_ptr<uint8_t>(), l.scales.data_ptr<float>(), K, G}}, r, out);
+      case Kind::DENSE_F32: std::copy_n(l.w.data_ptr<float>() + r * l.K, l.K, out); return;
+      case Kind::INT4: return with_int4<Int4Codes>(l.w.data_ptr<uint8_t>(), l.scales, l.mins, l.K, decode);
+      default: return with_int8<Int8Codes>(l.w, l.scales, l.K, decode);
     }
   }
 
@@ -784,6 +840,7 @@ TORCH_LIBRARY_FRAGMENT(lmforge, m) {
       .def(torch::init<int64_t, int64_t, int64_t, int64_t, double, bool, int64_t, std::string, bool, std::string,
                        std::string>())
       .def("add_linear", &DecodePlan::add_linear)
+      .def("add_parts", &DecodePlan::add_parts)
       .def("add_layer", &DecodePlan::add_layer)
       .def("set_head", &DecodePlan::set_head)
       .def("set_qk_norm", &DecodePlan::set_qk_norm)

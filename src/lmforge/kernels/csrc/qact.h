@@ -386,10 +386,21 @@ struct Int8Rows : Int8Layout<S, C> {
 
 // ------------------------------------------------------------------------------------ tiles
 
-// The weight scales (and mins) of row r for blocks b0 .. b0 + n - 1 (n <= 8), one per block, as fp32.
+// The weight scales (and mins) of row r for blocks b0 .. b0 + n - 1 (n <= 8), one per block, as fp32;
+// with half-block scales (Rows::HALF) two per block, 16 in all.
 template <typename Rows>
 __attribute__((always_inline)) inline void block_params(const Rows& w, int64_t N, int64_t r, int64_t b0, int64_t n,
                                                         int64_t bpg, float* scale, float* min) {
+  if constexpr (Rows::HALF) {  // a row's scales are contiguous, 2 per block
+    const float* s = w.scales + r * w.G + 2 * b0;
+    if (r * w.G + 2 * b0 + 16 <= N * w.G) {  // past the row's end: as below
+      _mm256_storeu_ps(scale, _mm256_loadu_ps(s));
+      _mm256_storeu_ps(scale + 8, _mm256_loadu_ps(s + 8));
+    } else {
+      for (int64_t j = 0; j < 16; ++j) scale[j] = j < 2 * n ? s[j] : 0.f;
+    }
+    return;
+  }
   if (w.G == 1) {  // one scale per row (lmforge int8)
     _mm256_storeu_ps(scale, _mm256_set1_ps(w.scale(r, 0)));
     if constexpr (Rows::HAS_MIN) _mm256_storeu_ps(min, _mm256_set1_ps(w.min(r, 0)));
@@ -698,14 +709,23 @@ __attribute__((always_inline)) inline void tile_groups512w(const Rows& w, int64_
 }
 #endif
 
-// y[m * N + n0 + r] for R weight rows and MR activation rows. Grouped weights: their interleaved groups
+// The scale of a block's 8 integer lanes (4 columns each) from sd at p: one for all, or with half-block
+// scales p[0] for lanes 0-3 (columns 0-15) and p[1] for lanes 4-7.
+template <bool HALF>
+__attribute__((always_inline)) inline __m256 block_scale(const float* p) {
+  if constexpr (!HALF) return _mm256_broadcast_ss(p);
+  const __m256 pair = _mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))));
+  return _mm256_permutevar8x32_ps(pair, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+}
+
+// y[m * ldy + n0 + r] for R weight rows (of N) and MR activation rows. Grouped weights: their interleaved groups
 // (tile_groups, or tile_groups16 / tile_groups512 / tile_groups512w), then the plain blocks left over.
 // Per plain block the integer sum is turned to fp32 and multiplied with scale * d (made 8 blocks at a time into `sd`); the mins times the block sums of x
 // go into the same accumulators. One plane: u8 x s8 products; two: the codes widened to int16 once
 // per weight row and multiplied with every row's c.
 template <int R, int MR, bool TWO, typename Rows>
-inline void dot_tile(const Rows& w, int64_t n0, const QRow* xr, float* y, int64_t N) {
-  const int64_t nb = w.K / QK, bpg = nb / w.G, first = w.grouped();
+inline void dot_tile(const Rows& w, int64_t n0, const QRow* xr, float* y, int64_t N, int64_t ldy) {
+  const int64_t nb = w.K / QK, bpg = Rows::HALF ? 0 : nb / w.G, first = w.grouped();
   __m256 acc[R][MR];
   UNROLL for (int r = 0; r < R; ++r)
     UNROLL for (int m = 0; m < MR; ++m) acc[r][m] = _mm256_setzero_ps();
@@ -722,14 +742,24 @@ inline void dot_tile(const Rows& w, int64_t n0, const QRow* xr, float* y, int64_
   } else if constexpr (Rows::GROUPS) {
     tile_groups<R, MR, TWO>(w, n0, xr, N, acc);
   }
-  alignas(32) float sd[R][MR][8];
-  alignas(32) float ws[8], wm[8];
+  // sd: per block (or half block) the weight's scale times the activation's
+  constexpr int HS = Rows::HALF ? 2 : 1;  // scales per block
+  alignas(32) float sd[R][MR][8 * HS];
+  alignas(32) float ws[8 * HS], wm[8];
   for (int64_t b0 = first; b0 < nb; b0 += 8) {
     const int64_t n = std::min<int64_t>(8, nb - b0);
     UNROLL for (int r = 0; r < R; ++r) {
       block_params(w, N, n0 + r, b0, n, bpg, ws, wm);
       UNROLL for (int m = 0; m < MR; ++m) {  // the activation's scales and sums are zero past the end
-        _mm256_store_ps(sd[r][m], _mm256_mul_ps(_mm256_load_ps(ws), _mm256_loadu_ps(xr[m].d + b0)));
+        const __m256 d = _mm256_loadu_ps(xr[m].d + b0);
+        if constexpr (Rows::HALF) {  // each block's d for both its halves
+          const __m256 d_lo = _mm256_permutevar8x32_ps(d, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+          const __m256 d_hi = _mm256_permutevar8x32_ps(d, _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7));
+          _mm256_store_ps(sd[r][m], _mm256_mul_ps(_mm256_load_ps(ws), d_lo));
+          _mm256_store_ps(sd[r][m] + 8, _mm256_mul_ps(_mm256_load_ps(ws + 8), d_hi));
+        } else {
+          _mm256_store_ps(sd[r][m], _mm256_mul_ps(_mm256_load_ps(ws), d));
+        }
         if constexpr (Rows::HAS_MIN)
           acc[r][m] = _mm256_fmadd_ps(_mm256_load_ps(wm), _mm256_loadu_ps(xr[m].sums + b0), acc[r][m]);
       }
@@ -744,9 +774,16 @@ inline void dot_tile(const Rows& w, int64_t n0, const QRow* xr, float* y, int64_
           Rows::codes16(block, lo, hi);
           UNROLL for (int m = 0; m < MR; ++m) {
             const int16_t* c = xr[m].c + blk * QK;
-            const __m256i s = dot_s16(dot_s16(_mm256_setzero_si256(), lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c))),
-                                      hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 16)));
-            acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcast_ss(&sd[r][m][j]), acc[r][m]);
+            const __m256i c_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c));
+            const __m256i c_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 16));
+            if constexpr (Rows::HALF) {  // columns 0-15 and 16-31 each with their scale
+              const __m256i s_lo = dot_s16(_mm256_setzero_si256(), lo, c_lo), s_hi = dot_s16(_mm256_setzero_si256(), hi, c_hi);
+              acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s_lo), _mm256_broadcast_ss(&sd[r][m][2 * j]), acc[r][m]);
+              acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s_hi), _mm256_broadcast_ss(&sd[r][m][2 * j + 1]), acc[r][m]);
+            } else {
+              const __m256i s = dot_s16(dot_s16(_mm256_setzero_si256(), lo, c_lo), hi, c_hi);
+              acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcast_ss(&sd[r][m][j]), acc[r][m]);
+            }
           }
         }
       } else {
@@ -758,14 +795,20 @@ inline void dot_tile(const Rows& w, int64_t n0, const QRow* xr, float* y, int64_
           const __m256i q = Rows::codes(block);
           UNROLL for (int m = 0; m < MR; ++m) {
             const __m256i s = dot_u8s8(_mm256_setzero_si256(), q, Rows::signed_act(av[m], block));
-            acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcast_ss(&sd[r][m][j]), acc[r][m]);
+            acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), block_scale<Rows::HALF>(&sd[r][m][HS * j]), acc[r][m]);
           }
         }
       }
     }
   }
   UNROLL for (int r = 0; r < R; ++r)
-    UNROLL for (int m = 0; m < MR; ++m) y[m * N + n0 + r] = hsum(acc[r][m]);
+    UNROLL for (int m = 0; m < MR; ++m) y[m * ldy + n0 + r] = hsum(acc[r][m]);
+}
+
+// dot_tile into y [MR, N]
+template <int R, int MR, bool TWO, typename Rows>
+inline void dot_tile(const Rows& w, int64_t n0, const QRow* xr, float* y, int64_t N) {
+  dot_tile<R, MR, TWO>(w, n0, xr, y, N, N);
 }
 
 }  // namespace lmforge_qact

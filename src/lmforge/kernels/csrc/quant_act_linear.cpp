@@ -23,7 +23,7 @@
 
 #include <immintrin.h>
 
-#include "int4_scales.h"
+#include "layouts.h"
 #include "qact.h"
 
 #include <algorithm>
@@ -121,14 +121,8 @@ at::Tensor int4_linear_qact(const at::Tensor& x, const at::Tensor& qs, const at:
 }
 
 at::Tensor int8_linear_qact(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, int64_t bits) {
-  const int64_t N = q.size(0), K = q.size(1), G = scales.size(1);
-  const bool half = scales.scalar_type() == at::kHalf;
-  if (q.scalar_type() == at::kByte) {  // grouped
-    if (half) return run(x, Int8Rows<at::Half, uint8_t>{{q.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(), K, G}}, N, K, bits);
-    return run(x, Int8Rows<float, uint8_t>{{q.data_ptr<uint8_t>(), scales.data_ptr<float>(), K, G}}, N, K, bits);
-  }
-  if (half) return run(x, Int8Rows<at::Half>{{q.data_ptr<int8_t>(), scales.data_ptr<at::Half>(), K, G}}, N, K, bits);
-  return run(x, Int8Rows<float>{{q.data_ptr<int8_t>(), scales.data_ptr<float>(), K, G}}, N, K, bits);
+  const int64_t N = q.size(0), K = q.size(1);
+  return with_int8<Int8Rows>(q, scales, K, [&](const auto& w) { return run(x, w, N, K, bits); });
 }
 
 }  // namespace lmforge

@@ -8,7 +8,8 @@
 //         in lmforge/kernels/__init__.py); scales, mins fp16 or fp32 [N, G]: w = q * scale + min, groups
 //         of K/G columns (a multiple of 32).
 //   int8: q int8 [N, K] (plain) or uint8 [N, K] (grouped: codes + 128, interleaved like int4's groups);
-//         scales fp16 or fp32 [N, G]: w = q * scale.
+//         scales fp16 or fp32 [N, G]: w = q * scale; plain int8 also takes fp32 half-block scales
+//         [N, 2 K/32] (groups of 16 columns, GGUF Q6_K).
 //
 // Few activation rows (decode): every weight row is read once and multiplied with up to MAX_ROWS rows of
 // x. Many rows (prefill): the weight is dequantized in panels of rows and multiplied by the prompt kernel
@@ -21,7 +22,7 @@
 #include <immintrin.h>
 
 #include "dense.h"
-#include "int4_scales.h"
+#include "layouts.h"
 #include "simd.h"
 
 #include <algorithm>
@@ -43,7 +44,7 @@ constexpr int64_t PREFETCH_BLOCKS = 8;  // how far ahead in a weight row to pref
 // xg [MR, G]: the activation's group sums (for the mins).
 template <int R, int MR, typename Rows>
 void dot_tile(const Rows& w, int64_t n0, const float* x, const float* xg, int64_t K, float* y, int64_t N) {
-  const int64_t bpg = K / QK / w.G;  // blocks per group
+  const int64_t cpg = K / 8 / w.G;  // chunks of 8 columns per group: 4 per block, or 2 (half blocks)
   __m256 acc[R][MR];
   float mins[R][MR] = {};
   for (int r = 0; r < R; ++r)
@@ -52,16 +53,17 @@ void dot_tile(const Rows& w, int64_t n0, const float* x, const float* xg, int64_
     __m256 gacc[R][MR];
     for (int r = 0; r < R; ++r)
       for (int m = 0; m < MR; ++m) gacc[r][m] = _mm256_setzero_ps();
-    for (int64_t b = g * bpg; b < (g + 1) * bpg; ++b) {
-      for (int r = 0; r < R; ++r)  // the hardware prefetcher alone falls behind on R interleaved rows
-        _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + r) + (b + PREFETCH_BLOCKS) * Rows::BLOCK_BYTES), _MM_HINT_T0);
-      for (int c = 0; c < 4; ++c) {
-        __m256 xv[MR];
-        for (int m = 0; m < MR; ++m) xv[m] = _mm256_loadu_ps(x + m * K + b * QK + 8 * c);
-        for (int r = 0; r < R; ++r) {
-          const __m256 cv = w.codes(n0 + r, b, c);
-          for (int m = 0; m < MR; ++m) gacc[r][m] = _mm256_fmadd_ps(cv, xv[m], gacc[r][m]);
-        }
+    for (int64_t chunk = g * cpg; chunk < (g + 1) * cpg; ++chunk) {
+      const int64_t b = chunk / 4;
+      const int c = chunk % 4;
+      if (c == 0)
+        for (int r = 0; r < R; ++r)  // the hardware prefetcher alone falls behind on R interleaved rows
+          _mm_prefetch(reinterpret_cast<const char*>(w.row(n0 + r) + (b + PREFETCH_BLOCKS) * Rows::BLOCK_BYTES), _MM_HINT_T0);
+      __m256 xv[MR];
+      for (int m = 0; m < MR; ++m) xv[m] = _mm256_loadu_ps(x + m * K + b * QK + 8 * c);
+      for (int r = 0; r < R; ++r) {
+        const __m256 cv = w.codes(n0 + r, b, c);
+        for (int m = 0; m < MR; ++m) gacc[r][m] = _mm256_fmadd_ps(cv, xv[m], gacc[r][m]);
       }
     }
     for (int r = 0; r < R; ++r) {
@@ -120,11 +122,12 @@ at::Tensor gemm_dequantized(const Rows& w, const at::Tensor& x, int64_t N) {
   for (int64_t n0 = 0; n0 < N; n0 += PANEL) {
     const int64_t rows = std::min(PANEL, N - n0);
     at::parallel_for(0, rows, 8, [&](int64_t r0, int64_t r1) {
-      const int64_t bpg = K / QK / w.G;
+      const int64_t cpg = K / 8 / w.G;  // chunks of 8 columns per group
       for (int64_t r = r0; r < r1; ++r) {
         for (int64_t b = 0; b < K / QK; ++b) {
-          const __m256 scale = _mm256_set1_ps(w.scale(n0 + r, b / bpg)), min = _mm256_set1_ps(w.min(n0 + r, b / bpg));
           for (int c = 0; c < 4; ++c) {
+            const int64_t g = (4 * b + c) / cpg;
+            const __m256 scale = _mm256_set1_ps(w.scale(n0 + r, g)), min = _mm256_set1_ps(w.min(n0 + r, g));
             const __m256 v = _mm256_fmadd_ps(w.codes(n0 + r, b, c), scale, min);
             _mm256_storeu_ps(pp + r * K + b * QK + 8 * c, v);
           }
@@ -165,8 +168,9 @@ at::Tensor table_rows(const Rows& w, const at::Tensor& ids, int64_t N, const cha
 // ---------------------------------------------------------------------------------------- ops
 
 // Scales [N, G] fp16 / fp32, or with `packed` (int4) K-quant uint8 ones [N, G / 8 * 10]; the group size
-// K/G a multiple of 32.
-void check_scales(const at::Tensor& scales, int64_t N, int64_t K, const char* op, bool packed = false) {
+// K/G a multiple of 32, or with `halves` (plain int8) 16 for fp32 scales.
+void check_scales(const at::Tensor& scales, int64_t N, int64_t K, const char* op, bool packed = false,
+                  bool halves = false) {
   TORCH_CHECK(scales.dim() == 2 && scales.size(0) == N, op, ": scales must be [N, G]");
   const auto st = scales.scalar_type();
   TORCH_CHECK(st == at::kHalf || st == at::kFloat || (packed && st == at::kByte), op,
@@ -174,7 +178,9 @@ void check_scales(const at::Tensor& scales, int64_t N, int64_t K, const char* op
   TORCH_CHECK(st != at::kByte || scales.size(1) % KSCALE_BYTES == 0, op,
               ": K-quant scales must be uint8 [N, G / 8 * 10] (10 bytes per 8 groups)");
   const int64_t G = scale_groups(scales);
-  TORCH_CHECK(G > 0 && K % G == 0 && (K / G) % QK == 0, op, ": the group size K/G must be a multiple of 32");
+  if (halves && st == at::kFloat && K % QK == 0 && half_block_scales(scales, K)) return;
+  TORCH_CHECK(G > 0 && K % G == 0 && (K / G) % QK == 0, op, ": the group size K/G must be a multiple of 32",
+              halves ? " (or 16 with fp32 scales and plain int8 codes)" : "");
 }
 
 void check_x(const at::Tensor& x, int64_t K, const char* op) {
@@ -212,7 +218,7 @@ void check_int4(const at::Tensor& qs, const at::Tensor& scales, const at::Tensor
 void check_int8(const at::Tensor& q, const at::Tensor& scales, const char* op) {
   TORCH_CHECK(q.dim() == 2 && (q.scalar_type() == at::kChar || q.scalar_type() == at::kByte) && q.is_contiguous(), op,
               ": q must be a contiguous int8 (plain) or uint8 (grouped) [N, K] tensor");
-  check_scales(scales, q.size(0), q.size(1), op);
+  check_scales(scales, q.size(0), q.size(1), op, false, q.scalar_type() == at::kChar);
 }
 
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
@@ -232,28 +238,12 @@ at::Tensor int4_rows(const at::Tensor& ids, const at::Tensor& qs, const at::Tens
 at::Tensor int8_rows(const at::Tensor& ids, const at::Tensor& q, const at::Tensor& scales) {
   check_int8(q, scales, "int8_rows");
   const int64_t N = q.size(0), K = q.size(1);
-  const at::Tensor s = scales.contiguous();
-  const int64_t G = s.size(1);
-  const bool half = s.scalar_type() == at::kHalf;
-  if (q.scalar_type() == at::kByte) {
-    if (half) return table_rows(Int8Codes<at::Half, uint8_t>{{q.data_ptr<uint8_t>(), s.data_ptr<at::Half>(), K, G}}, ids, N, "int8_rows");
-    return table_rows(Int8Codes<float, uint8_t>{{q.data_ptr<uint8_t>(), s.data_ptr<float>(), K, G}}, ids, N, "int8_rows");
-  }
-  if (half) return table_rows(Int8Codes<at::Half>{{q.data_ptr<int8_t>(), s.data_ptr<at::Half>(), K, G}}, ids, N, "int8_rows");
-  return table_rows(Int8Codes<float>{{q.data_ptr<int8_t>(), s.data_ptr<float>(), K, G}}, ids, N, "int8_rows");
+  return with_int8<Int8Codes>(q, scales.contiguous(), K, [&](const auto& w) { return table_rows(w, ids, N, "int8_rows"); });
 }
 
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales) {
   const int64_t N = q.size(0), K = q.size(1);
-  const at::Tensor s = scales.contiguous();
-  const int64_t G = s.size(1);
-  const bool half = s.scalar_type() == at::kHalf;
-  if (q.scalar_type() == at::kByte) {
-    if (half) return run(x, Int8Codes<at::Half, uint8_t>{{q.data_ptr<uint8_t>(), s.data_ptr<at::Half>(), K, G}}, N, K);
-    return run(x, Int8Codes<float, uint8_t>{{q.data_ptr<uint8_t>(), s.data_ptr<float>(), K, G}}, N, K);
-  }
-  if (half) return run(x, Int8Codes<at::Half>{{q.data_ptr<int8_t>(), s.data_ptr<at::Half>(), K, G}}, N, K);
-  return run(x, Int8Codes<float>{{q.data_ptr<int8_t>(), s.data_ptr<float>(), K, G}}, N, K);
+  return with_int8<Int8Codes>(q, scales.contiguous(), K, [&](const auto& w) { return run(x, w, N, K); });
 }
 
 }  // namespace

@@ -151,6 +151,9 @@ inline __m256 load8(const KScales& p) {
   const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s))));
   return _mm256_mul_ps(q, _mm256_set1_ps(to_float(d)));
 }
+// Half-block scales (GGUF Q6_K at load; plain int8 only): fp32 [N, 2 K/32], one per 16 columns, for
+// the scale type S of Int8Layout<HalfScale>.
+struct HalfScale {};
 template <typename S>
 struct ScalePtr {
   using type = const S*;
@@ -159,11 +162,15 @@ template <>
 struct ScalePtr<KScale> {
   using type = KScales;
 };
+template <>
+struct ScalePtr<HalfScale> {
+  using type = const float*;
+};
 
 // int4: mins may be null (symmetric codes, GGUF Q4_0): then min = -8 * scale.
 template <typename S>
 struct Int4Layout {
-  static constexpr bool HAS_MIN = true;
+  static constexpr bool HAS_MIN = true, HALF = false;
   static constexpr int64_t BLOCK_BYTES = QK / 2;
   const uint8_t* qs;
   typename ScalePtr<S>::type scales, mins;
@@ -176,14 +183,16 @@ struct Int4Layout {
 };
 
 // int8: C = int8_t for the plain layout (column order), uint8_t for the grouped one (codes + 128, blocks
-// 0 .. grouped() - 1 in interleaved groups of GROUP, the rest in column order).
+// 0 .. grouped() - 1 in interleaved groups of GROUP, the rest in column order). S = HalfScale: two scales
+// per block (HALF; G = 2 K/32), columns 0-15 and 16-31, plain only.
 template <typename S, typename C = int8_t>
 struct Int8Layout {
-  static constexpr bool HAS_MIN = false;
+  static constexpr bool HAS_MIN = false, HALF = std::is_same_v<S, HalfScale>;
+  static_assert(!HALF || std::is_same_v<C, int8_t>, "half-block scales are for the plain int8 layout");
   static constexpr int64_t BLOCK_BYTES = QK;
   static constexpr int64_t GROUP_BYTES = GROUP * BLOCK_BYTES;
   const C* q;
-  const S* scales;
+  typename ScalePtr<S>::type scales;
   int64_t K, G;
   const C* row(int64_t r) const { return q + r * K; }
   int64_t grouped() const { return std::is_same_v<C, uint8_t> ? grouped_blocks(K) : 0; }
@@ -237,10 +246,11 @@ struct Int8Codes : Int8Layout<S, C> {
 // then a sum as in reference.dequantize_*_blocks, so that the row is bit-identical to it.
 template <typename Codes>
 inline void decode_row(const Codes& w, int64_t r, float* out) {
-  const int64_t bpg = w.K / QK / w.G;
+  const int64_t cpg = w.K / 8 / w.G;  // chunks of 8 columns per group: 4 per block, or 2 (half blocks)
   for (int64_t b = 0; b < w.K / QK; ++b) {
-    const __m256 scale = _mm256_set1_ps(w.scale(r, b / bpg)), min = _mm256_set1_ps(w.min(r, b / bpg));
     for (int c = 0; c < 4; ++c) {
+      const int64_t g = (4 * b + c) / cpg;
+      const __m256 scale = _mm256_set1_ps(w.scale(r, g)), min = _mm256_set1_ps(w.min(r, g));
       __m256 v = _mm256_mul_ps(w.codes(r, b, c), scale);
       if constexpr (Codes::HAS_MIN) v = _mm256_add_ps(v, min);
       _mm256_storeu_ps(out + b * QK + 8 * c, v);

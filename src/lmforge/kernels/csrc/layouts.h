@@ -1,0 +1,49 @@
+// The layouts of an op's quantized tensors: which scale type (and, for int8, code type) they have. Used
+// by the ops, not by the kernels, so that the A/B harnesses compile the kernels without ATen's tensors.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "simd.h"
+
+namespace lmforge_simd {
+
+// Scale groups per row of a scales tensor [N, G] (fp16 / fp32), or [N, G / 8 * 10] (K-quant, uint8).
+inline int64_t scale_groups(const at::Tensor& s) {
+  return s.scalar_type() == at::kByte ? s.size(1) / KSCALE_BYTES * GROUP : s.size(1);
+}
+
+// f(layout) with the int4 layout L<S> of codes qs [N, K/2] and scales / mins [N, G] for the scales'
+// dtype (S = at::Half, float, or KScale for uint8); empty mins [N, 0] mean symmetric codes (null mins).
+template <template <typename> class L, typename F>
+auto with_int4(const uint8_t* qs, const at::Tensor& s, const at::Tensor& m, int64_t K, F&& f) {
+  const int64_t G = scale_groups(s);
+  const bool sym = m.numel() == 0;
+  switch (s.scalar_type()) {
+    case at::kHalf: return f(L<at::Half>{{qs, s.data_ptr<at::Half>(), sym ? nullptr : m.data_ptr<at::Half>(), K, G}});
+    case at::kByte: return f(L<KScale>{{qs, KScales{s.data_ptr<uint8_t>()}, KScales{sym ? nullptr : m.data_ptr<uint8_t>()}, K, G}});
+    default: return f(L<float>{{qs, s.data_ptr<float>(), sym ? nullptr : m.data_ptr<float>(), K, G}});
+  }
+}
+
+// Whether int8 scales [N, G] are half-block ones (one per 16 of K columns).
+inline bool half_block_scales(const at::Tensor& s, int64_t K) { return s.size(1) == 2 * (K / QK); }
+
+// f(layout) with the int8 layout L<S, C> of codes q [N, K] (C = int8_t plain, uint8_t grouped) and
+// scales [N, G] (S = at::Half, float, or HalfScale for fp32 half-block scales).
+template <template <typename, typename> class L, typename F>
+auto with_int8(const at::Tensor& q, const at::Tensor& s, int64_t K, F&& f) {
+  const int64_t G = s.size(1);
+  const bool half = s.scalar_type() == at::kHalf;
+  if (q.scalar_type() == at::kByte) {
+    const uint8_t* p = q.data_ptr<uint8_t>();
+    if (half) return f(L<at::Half, uint8_t>{{p, s.data_ptr<at::Half>(), K, G}});
+    return f(L<float, uint8_t>{{p, s.data_ptr<float>(), K, G}});
+  }
+  const int8_t* p = q.data_ptr<int8_t>();
+  if (half) return f(L<at::Half, int8_t>{{p, s.data_ptr<at::Half>(), K, G}});
+  if (half_block_scales(s, K)) return f(L<HalfScale, int8_t>{{p, s.data_ptr<float>(), K, G}});
+  return f(L<float, int8_t>{{p, s.data_ptr<float>(), K, G}});
+}
+
+}  // namespace lmforge_simd
