@@ -232,7 +232,7 @@ def test_native_blocks_match_their_definition(qtype, kind, tmp_path):
     assert native.score(torch.tensor([prompt + out]))[0, 5:-1].argmax(-1).tolist() == out
 
 
-def test_q4_k_m_mix_runs_its_q4_k_modules_natively(tmp_path):
+def test_q4_k_m_mix_runs_natively(tmp_path):
     """A Q4_K_M-style file (Q4_K, with attn_v, ffn_down of layer 1 and the head in Q6_K) runs all natively:
     the Q4_K modules as int4, the Q6_K ones as int8 with half-block scales, the fused q/k/v as a
     PartsLinear of both (q and k int4, v int8); the logits are those of the dequantized file."""
