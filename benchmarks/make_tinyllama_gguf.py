@@ -2,9 +2,10 @@
 
 The shapes are TinyLlama-1.1B's (dim 2048, 22 layers, 32 heads, 4 KV heads, MLP 5632, vocabulary 32000);
 the weights are random (normal, std 0.02), so the text is noise, but every byte a decode step reads is
-there. The 2-D weights are written in the chosen type (Q4_0, Q8_0 via gguf-py's quantizer; Q4_K and Q6_K
-by quantize_q4_k / quantize_q6_k below, as gguf-py has no K-quant quantizer; Q4_K_M: Q4_K with the head
-and, as llama.cpp's Q4_K_M picks them, attn_v and ffn_down of 10 of the 22 layers in Q6_K; or F32), the
+there. The 2-D weights are written in the chosen type (Q4_0, Q8_0 via gguf-py's quantizer; Q4_K, Q5_K and
+Q6_K by quantize_q4_k / quantize_q5_k / quantize_q6_k below, as gguf-py has no K-quant quantizer; Q4_K_M /
+Q5_K_M: Q4_K / Q5_K with the head and, as llama.cpp's mixes pick them, attn_v and ffn_down of 10 of the
+22 layers in Q6_K; or F32), the
 norms in F32; a small vocabulary of byte tokens makes the file loadable with its tokenizer.
 
     python benchmarks/make_tinyllama_gguf.py --type Q4_0 --out /tmp/tinyllama-q4_0.gguf
@@ -42,27 +43,47 @@ def tensors(rng: np.random.Generator):
     yield "output.weight", w(SHAPE["vocab"], d)
 
 
-def quantize_q4_k(w: np.ndarray) -> np.ndarray:
-    """float32 [N, K] (K a multiple of 256) -> Q4_K blocks uint8 [N, K / 256 * 144], rounded to nearest:
-    each 32-weight sub-block spans its own minimum (at most 0) to maximum in 15 steps, and the 8 steps
+def _k_quant(w: np.ndarray, levels: int):
+    """float32 [N, K] (K a multiple of 256) -> the fields of Q4_K / Q5_K blocks, rounded to nearest: each
+    32-weight sub-block spans its own minimum (at most 0) to maximum in `levels` steps, and the 8 steps
     and minimums of a super-block are 6-bit multiples of its fp16 d and dmin (llama.cpp searches for
-    better ones; for speed runs the values do not matter)."""
+    better ones; for speed runs the values do not matter). Returns (d, dmin, the 12 bytes of packed
+    scales and mins [N, K/256, 12], codes [N, K/256, 4, 2, 32]: 64-weight chunk c, half h, weight l)."""
     N, K = w.shape
     sub = w.reshape(N, K // 256, 8, 32)
     low = np.minimum(sub.min(-1), 0)
-    step = (sub.max(-1) - low) / 15
+    step = (sub.max(-1) - low) / levels
     d = (step.max(-1) / 63).astype(np.float16)
     dmin = (-low.min(-1) / 63).astype(np.float16)
     df, dminf = d.astype(np.float32)[..., None], dmin.astype(np.float32)[..., None]
     sc = np.clip(np.rint(np.divide(step, df, out=np.zeros_like(step), where=df > 0)), 0, 63).astype(np.uint8)
     m = np.clip(np.rint(np.divide(-low, dminf, out=np.zeros_like(low), where=dminf > 0)), 0, 63).astype(np.uint8)
     scale, offset = (df * sc)[..., None], (dminf * m)[..., None]
-    q = np.clip(np.rint(np.divide(sub + offset, scale, out=np.zeros_like(sub), where=scale > 0)), 0, 15)
-    q = q.astype(np.uint8).reshape(N, K // 256, 4, 2, 32)  # 64-weight chunks: low nibbles, then high
+    q = np.clip(np.rint(np.divide(sub + offset, scale, out=np.zeros_like(sub), where=scale > 0)), 0, levels)
     packed = np.concatenate([sc[..., :4] | ((sc[..., 4:] >> 4) << 6), m[..., :4] | ((m[..., 4:] >> 4) << 6),
                              (sc[..., 4:] & 0x0F) | ((m[..., 4:] & 0x0F) << 4)], axis=-1)
+    return d, dmin, packed, q.astype(np.uint8).reshape(N, K // 256, 4, 2, 32)
+
+
+def quantize_q4_k(w: np.ndarray) -> np.ndarray:
+    """float32 [N, K] (K a multiple of 256) -> Q4_K blocks uint8 [N, K / 256 * 144] (see _k_quant)."""
+    N, K = w.shape
+    d, dmin, packed, q = _k_quant(w, 15)
     blocks = np.concatenate([d[..., None].view(np.uint8), dmin[..., None].view(np.uint8), packed,
                              (q[..., 0, :] | (q[..., 1, :] << 4)).reshape(N, K // 256, 128)], axis=-1)
+    return blocks.reshape(N, -1)
+
+
+def quantize_q5_k(w: np.ndarray) -> np.ndarray:
+    """float32 [N, K] (K a multiple of 256) -> Q5_K blocks uint8 [N, K / 256 * 176] (see _k_quant): the
+    low 4 bits of the codes as Q4_K's nibbles, bit 4 of chunk c's half h at bit 2c + h of qh byte l."""
+    N, K = w.shape
+    d, dmin, packed, q = _k_quant(w, 31)
+    low = q & 0x0F
+    top = (q >> 4).reshape(N, K // 256, 8, 32)  # bit index 2c + h
+    qh = np.bitwise_or.reduce(top << np.arange(8, dtype=np.uint8)[:, None], axis=2)
+    blocks = np.concatenate([d[..., None].view(np.uint8), dmin[..., None].view(np.uint8), packed, qh,
+                             (low[..., 0, :] | (low[..., 1, :] << 4)).reshape(N, K // 256, 128)], axis=-1)
     return blocks.reshape(N, -1)
 
 
@@ -87,9 +108,10 @@ def quantize_q6_k(w: np.ndarray) -> np.ndarray:
     return blocks.reshape(N, -1)
 
 
-def q4_k_m_type(name: str) -> GGMLQuantizationType:
-    """The type llama.cpp's Q4_K_M gives a 2-D weight: Q6_K for the head, and for attn_v and ffn_down of
-    the first and last eighth of the layers and every third between; Q4_K elsewhere."""
+def k_m_type(name: str, base: GGMLQuantizationType) -> GGMLQuantizationType:
+    """The type llama.cpp's Q4_K_M / Q5_K_M gives a 2-D weight: Q6_K for the head, and for attn_v and
+    ffn_down of the first and last eighth of the layers and every third between; `base` (Q4_K / Q5_K)
+    elsewhere."""
     n = SHAPE["layers"]
     if name == "output.weight":
         return GGMLQuantizationType.Q6_K
@@ -97,16 +119,20 @@ def q4_k_m_type(name: str) -> GGMLQuantizationType:
         i = int(name.split(".")[1])
         if i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2:
             return GGMLQuantizationType.Q6_K
-    return GGMLQuantizationType.Q4_K
+    return base
+
+
+MIXES = {"Q4_K_M": (GGMLQuantizationType.Q4_K, 15), "Q5_K_M": (GGMLQuantizationType.Q5_K, 17)}  # base, file type
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--type", choices=("Q4_0", "Q4_K", "Q4_K_M", "Q6_K", "Q8_0", "F32"), default="Q4_0")
+    ap.add_argument("--type", choices=("Q4_0", "Q4_K", "Q4_K_M", "Q5_K", "Q5_K_M", "Q6_K", "Q8_0", "F32"),
+                    default="Q4_0")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    mixed = args.type == "Q4_K_M"
-    qtype = GGMLQuantizationType.Q4_K if mixed else GGMLQuantizationType[args.type]
+    mixed = args.type in MIXES
+    qtype = MIXES[args.type][0] if mixed else GGMLQuantizationType[args.type]
     writer = GGUFWriter(args.out, "llama")
     writer.add_block_count(SHAPE["layers"])
     writer.add_context_length(SHAPE["context"])
@@ -126,10 +152,11 @@ def main():
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     if mixed:
-        writer.add_file_type(15)  # LLAMA_FTYPE_MOSTLY_Q4_K_M
-    own = {GGMLQuantizationType.Q4_K: quantize_q4_k, GGMLQuantizationType.Q6_K: quantize_q6_k}
+        writer.add_file_type(MIXES[args.type][1])  # LLAMA_FTYPE_MOSTLY_Q4_K_M / _Q5_K_M
+    own = {GGMLQuantizationType.Q4_K: quantize_q4_k, GGMLQuantizationType.Q5_K: quantize_q5_k,
+           GGMLQuantizationType.Q6_K: quantize_q6_k}
     for name, a in tensors(np.random.default_rng(0)):
-        kind = q4_k_m_type(name) if mixed else qtype
+        kind = k_m_type(name, qtype) if mixed else qtype
         if a.ndim == 2 and kind in own:
             writer.add_tensor(name, own[kind](a), raw_dtype=kind)
         elif a.ndim == 2 and kind != GGMLQuantizationType.F32:

@@ -200,9 +200,9 @@ def test_quantized_gguf_matches_transformers_reading(qtype, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["llama", "llama_tied", "qwen2", "qwen3"])
-@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q5_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q6_K], ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q5_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_K, Q.Q6_K], ids=lambda q: q.name)
 def test_native_blocks_match_their_definition(qtype, kind, tmp_path):
-    """Q4_0 / Q4_1 / Q4_K / Q5_0 / Q6_K / Q8_0 run natively: every decoder Linear (and the embedding, and a tied head)
+    """Q4_0 / Q4_1 / Q4_K / Q5_0 / Q5_K / Q6_K / Q8_0 run natively: every decoder Linear (and the embedding, and a tied head)
     keeps the file's blocks, and the logits are those of the dequantized weights."""
     from lmforge.quant.linear import BLOCK_FORMATS, BlockEmbedding, TiedHead
 
@@ -217,9 +217,12 @@ def test_native_blocks_match_their_definition(qtype, kind, tmp_path):
                    for name, p in native.model.state_dict().items())
     if qtype == Q.Q4_K:  # K-quant scales and mins: the file's steps and 6-bit multipliers
         assert linears[0].scales.dtype == linears[0].mins.dtype == torch.uint8
-    if qtype == Q.Q6_K:  # plain int8 codes, an fp32 scale per 16 columns
-        assert linears[0].q.dtype == torch.int8 and linears[0].scales.dtype == torch.float32
-        assert linears[0].scales.shape[1] == linears[0].in_features // 16
+    if qtype == Q.Q5_K:  # plain int8 codes 0..31, K-quant scales and mins per 32 columns
+        assert linears[0].q.dtype == torch.int8 and linears[0].scales.dtype == linears[0].mins.dtype == torch.uint8
+        assert linears[0].mins.shape == linears[0].scales.shape == (linears[0].out_features, linears[0].in_features // 256 * 10)
+    if qtype == Q.Q6_K:  # plain int8 codes, K-quant scales per 16 columns (two records of 10 bytes per 256)
+        assert linears[0].q.dtype == torch.int8 and linears[0].scales.dtype == torch.uint8
+        assert linears[0].scales.shape[1] == linears[0].in_features // 128 * 10 and linears[0].mins.numel() == 0
     x = ids(16, native.config.vocab_size, 1)
     ours, ref = native.score(x), floats.score(x)
     # the same products, summed in another order; the random K-quant blocks, whose sub-block scales (and
@@ -245,7 +248,8 @@ def test_q4_k_m_mix_runs_natively(tmp_path):
     assert all(isinstance(m, BlockInt4Linear) for m in (layers[0].attn.wo, layers[0].mlp.w_in, layers[0].mlp.w_out,
                                                         layers[1].mlp.w_in))
     assert isinstance(layers[1].mlp.w_out, BlockInt8Linear) and isinstance(native.model.lm_head, BlockInt8Linear)
-    assert layers[1].mlp.w_out.scales.shape == (layers[1].mlp.w_out.out_features, layers[1].mlp.w_out.in_features // 16)
+    w_out = layers[1].mlp.w_out
+    assert w_out.scales.shape == (w_out.out_features, w_out.in_features // 128 * 10)  # K-quant records
     for layer in layers:
         qkv = layer.attn.wqkv
         assert isinstance(qkv, PartsLinear) and [type(p) for p in qkv.parts] == [BlockInt4Linear, BlockInt8Linear]

@@ -117,28 +117,64 @@ def test_int8_linear_matches_reference(native, M, N, K, dtype):
         assert_matches_reference(kernels.int8_linear(x, grouped, scales), ref)
 
 
+# K-quant int8 shapes: K a multiple of 128 (whole records of 8 half blocks), some with blocks left over
+# after the last 8 (the tiles' partial steps), and every row count of the tiles, panels and the GEMM
+K_INT8_SHAPES = [(1, 64, 128), (1, 11, 640), (2, 19, 512), (3, 37, 384), (4, 9, 768), (5, 13, 256), (40, 7, 256),
+                 (1, 130, 1536)]
+
+
 @pytest.mark.parametrize("act_bits", [32, 16, 8])
-@pytest.mark.parametrize("M,N,K", [(1, 64, 32), (1, 11, 576), (2, 19, 512), (3, 37, 288), (4, 9, 768),
-                                   (5, 13, 256), (40, 7, 256), (1, 130, 1536)])
+@pytest.mark.parametrize("M,N,K", K_INT8_SHAPES)
 def test_int8_half_block_scales(native, act_bits, M, N, K):
-    """Plain int8 with fp32 scales per 16 columns (GGUF Q6_K at load) in every path (tiles at 1-4 rows
-    of x, panels and the dequantized GEMM past them, table rows): the reference's result. Scales that
-    alternate in size and sign between a block's halves catch a half taking the other's scale."""
+    """Plain int8 with K-quant scales per 16 columns (GGUF Q6_K at load) in every path (tiles at 1-4 rows
+    of x, panels and the dequantized GEMM past them, table rows): the reference's result. Multipliers
+    that differ 10-fold between a block's halves catch a half taking the other's scale."""
     g = torch.Generator().manual_seed(M * 7 + N)
     x = torch.randn(M, K, generator=g)
-    q = torch.randint(-32, 32, (N, K), dtype=torch.int8, generator=g)
-    s = torch.rand(N, K // 16, generator=g) * 0.01 + 1e-3
-    s[:, 1::2] *= -5
+    q = torch.randint(-32, 33, (N, K), dtype=torch.int8, generator=g)
+    mult = torch.randint(1, 13, (N, K // 16), generator=g)
+    mult[:, 1::2] *= 10  # up to 120 (Q6_K's |sc| <= 128)
+    steps = torch.rand(N, K // 128, generator=g) * 1e-3 + 1e-4
+    s = reference.pack_k_scales(steps, mult)
+    assert s.dtype == torch.uint8 and s.shape == (N, K // 128 * 10)
+    w = q.float() * (steps.half().float().repeat_interleave(8, dim=1) * mult).repeat_interleave(16, dim=1)
+    assert torch.equal(reference.dequantize_int8_blocks(q, s), w)
     y = kernels.int8_linear(x, q, s, act_bits)
     assert_matches_reference(y, reference.int8_linear(x, q, s, act_bits))
     if act_bits == 32:
-        assert_matches_reference(y, x @ (q.float() * s.repeat_interleave(16, dim=1)).T)
+        assert_matches_reference(y, x @ w.T)
     ids = torch.tensor([0, N - 1, N // 2])
-    assert torch.equal(kernels.int8_rows(ids, q, s), reference.dequantize_int8_blocks(q, s)[ids])
+    assert torch.equal(kernels.int8_rows(ids, q, s), w[ids])
+    with pytest.raises(RuntimeError, match="scales must be float16 or float32"):
+        kernels.int8_linear(x, reference.pack_int8_groups(q), s, act_bits)  # K-quant scales: plain int8 only
     with pytest.raises(RuntimeError, match="multiple of 32"):
-        kernels.int8_linear(x, q, s.half(), act_bits)  # fp16 scales: groups of 32 columns or more only
-    with pytest.raises(RuntimeError, match="multiple of 32"):
-        kernels.int8_linear(x, reference.pack_int8_groups(q), s, act_bits)  # the grouped layout neither
+        kernels.int8_linear(x, q, reference.block_values(s).half(), act_bits)  # fp16: groups of 32 or more
+
+
+@pytest.mark.parametrize("act_bits", [32, 16, 8])
+@pytest.mark.parametrize("M,N,K", [(M, N, K // 128 * 256) for M, N, K in K_INT8_SHAPES])  # whole records of 8 blocks
+def test_int8_k_quant_mins(native, act_bits, M, N, K):
+    """Plain int8 codes 0..31 with K-quant scales and mins per block of 32 (GGUF Q5_K at load), w = q *
+    scale + min, in every path: the reference's result, whose mins multiply the exact block sums of x."""
+    g = torch.Generator().manual_seed(M * 5 + N)
+    x = torch.randn(M, K, generator=g)
+    q = torch.randint(0, 32, (N, K), dtype=torch.int8, generator=g)
+    G = K // 32
+    s = reference.pack_k_scales(torch.rand(N, G // 8, generator=g) * 1e-3 + 1e-4, torch.randint(0, 64, (N, G), generator=g))
+    m = reference.pack_k_scales(-torch.rand(N, G // 8, generator=g) * 1e-3, torch.randint(0, 64, (N, G), generator=g))
+    w = q.float() * reference.block_values(s).repeat_interleave(32, dim=1) + reference.block_values(m).repeat_interleave(32, dim=1)
+    assert torch.equal(reference.dequantize_int8_blocks(q, s, m), w)
+    y = kernels.int8_linear(x, q, s, act_bits, m)
+    assert_matches_reference(y, reference.int8_linear(x, q, s, act_bits, m))
+    if act_bits == 32:
+        assert_matches_reference(y, x @ w.T)
+    ids = torch.tensor([0, N - 1, N // 2])
+    assert torch.equal(kernels.int8_rows(ids, q, s, m), w[ids])
+    assert torch.equal(reference.int8_rows(ids, q, s, m), w[ids])
+    with pytest.raises(RuntimeError, match="need their mins"):
+        kernels.int8_linear(x, q, s, act_bits)
+    with pytest.raises(RuntimeError, match="int8 mins go with K-quant scales"):
+        kernels.int8_linear(x, q, reference.block_values(s), act_bits, reference.block_values(m))
 
 
 @pytest.mark.parametrize("K", [64, 576])
@@ -476,23 +512,46 @@ def test_repack_gguf_q4_k_is_exact():
 
 
 def test_repack_gguf_q6_k_is_exact():
-    """Q6_K super-blocks (random bytes: every code, high-bit pattern and signed sub-block scale) repacked
-    into plain int8 codes with one fp32 scale per 16 columns give gguf's dequantization to the bit."""
+    """Q6_K super-blocks (random bytes: every code, high-bit pattern and signed sub-block scale, steps d of
+    both signs) repacked into plain int8 codes with K-quant half-block scales give gguf's dequantization
+    to the bit: the sign of d * sc moves onto the codes."""
     from gguf import GGMLQuantizationType, quants
 
     rng = np.random.default_rng(1)
     blocks = rng.integers(0, 256, (9, 3, 210), dtype=np.uint8)
-    blocks[..., 208:210] = np.frombuffer(np.float16(3e-4).tobytes(), np.uint8)  # d: finite, like a file's
+    d = np.where(rng.random((9, 3)) < 0.5, -3e-4, 3e-4).astype(np.float16)  # finite, like a file's
+    blocks[..., 208:210] = d[..., None].view(np.uint8)
     raw = torch.from_numpy(blocks.reshape(9, -1))
     expected = torch.from_numpy(quants.dequantize(raw.numpy(), GGMLQuantizationType.Q6_K)).reshape(9, 768)
     q, s = kernels.repack_gguf_q6_k(raw, rows=4)  # in pieces of 4 rows: the last one short
-    assert q.dtype == torch.int8 and s.dtype == torch.float32 and s.shape == (9, 48)
-    assert int(q.min()) == -32 and int(q.max()) == 31
+    assert q.dtype == torch.int8 and s.dtype == torch.uint8 and s.shape == (9, 60)
+    assert int(q.min()) == -32 and int(q.max()) == 32
     assert torch.equal(reference.dequantize_int8_blocks(q, s), expected)
     x = torch.randn(3, 768)
     assert_matches_reference(kernels.int8_linear(x, q, s, 32), x @ expected.T)
     with pytest.raises(ValueError, match="Q6_K"):
         kernels.repack_gguf_q6_k(torch.zeros(4, 209, dtype=torch.uint8))
+
+
+def test_repack_gguf_q5_k_is_exact():
+    """Q5_K super-blocks (random bytes: every code, high bit, 6-bit scale and min) repacked into plain
+    int8 codes 0..31 with K-quant scales and mins give gguf's dequantization to the bit."""
+    from gguf import GGMLQuantizationType, quants
+
+    rng = np.random.default_rng(2)
+    blocks = rng.integers(0, 256, (9, 3, 176), dtype=np.uint8)
+    blocks[..., 0:2] = np.frombuffer(np.float16(3e-4).tobytes(), np.uint8)  # d
+    blocks[..., 2:4] = np.frombuffer(np.float16(1e-3).tobytes(), np.uint8)  # dmin
+    raw = torch.from_numpy(blocks.reshape(9, -1))
+    expected = torch.from_numpy(quants.dequantize(raw.numpy(), GGMLQuantizationType.Q5_K)).reshape(9, 768)
+    q, s, m = kernels.repack_gguf_q5_k(raw, rows=4)
+    assert q.dtype == torch.int8 and s.dtype == m.dtype == torch.uint8 and s.shape == m.shape == (9, 30)
+    assert int(q.min()) == 0 and int(q.max()) == 31
+    assert torch.equal(reference.dequantize_int8_blocks(q, s, m), expected)
+    x = torch.randn(3, 768)
+    assert_matches_reference(kernels.int8_linear(x, q, s, 32, m), x @ expected.T)
+    with pytest.raises(ValueError, match="Q5_K"):
+        kernels.repack_gguf_q5_k(torch.zeros(4, 175, dtype=torch.uint8))
 
 
 def test_repack_gguf_rejects_wrong_width():

@@ -182,11 +182,11 @@ def test_default_model(smollm2_path):
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
-def test_gguf_q6_k_and_q4_k_blocks(tmp_path, kind):
-    """GGUF K-quants as the plan takes them: Q6_K as plain int8 with a scale per 16 columns (all of a
-    file's Linears, embedding and head), and a Q4_K_M-style mix (Q4_K int4 with K-quant scales, Q6_K
-    ffn_down and head, q/k/v a PartsLinear of Q4_K q and k and Q6_K v; qwen2's with biases) in both
-    rounded-activation modes, batch 1 and 3."""
+def test_gguf_k_quant_blocks(tmp_path, kind):
+    """GGUF K-quants as the plan takes them: Q6_K as plain int8 with K-quant scales per 16 columns (all of
+    a file's Linears, embedding and head), and Q4_K_M- and Q5_K_M-style mixes (Q4_K int4, or Q5_K plain
+    int8 with K-quant mins; Q6_K ffn_down and head; q/k/v a PartsLinear of q and k in the base type and a
+    Q6_K v; qwen2's with biases) in both rounded-activation modes, batch 1 and 3."""
     from lmforge.quant.linear import PartsLinear
     from gguf import GGMLQuantizationType as Q
     from test_gguf import arch_of, tiny, write_gguf
@@ -195,15 +195,18 @@ def test_gguf_q6_k_and_q4_k_blocks(tmp_path, kind):
     # random K-quant blocks give logits of ~17: the tolerance scales with them (as in test_gguf)
     assert_same_step(decode_both(q6, [list(range(10, 30)), list(range(40, 47))], steps=4), atol=1e-3)
     types = {r"attn_v\.": Q.Q6_K, r"blk\.1\.ffn_down\.": Q.Q6_K, r"^output\.": Q.Q6_K}
-    mix = LLM(str(write_gguf(tiny(kind), tmp_path / "mix.gguf", arch=arch_of(kind), qtype=Q.Q4_K, types=types)))
-    assert isinstance(mix.model.layers[0].attn.wqkv, PartsLinear)
-    assert (mix.model.layers[0].attn.wqkv.bias is not None) == (kind == "qwen2")
-    try:
-        for bits in (16, 8):
-            set_activation_bits(mix.model, bits)
-            assert_same_step(decode_both(mix, [list(range(10, 30)), list(range(40, 47)), [5]], steps=3), atol=1e-3)
-    finally:
-        set_activation_bits(mix.model, 16)
+    for base in (Q.Q4_K, Q.Q5_K):
+        mix = LLM(str(write_gguf(tiny(kind), tmp_path / f"{base.name}_m.gguf", arch=arch_of(kind), qtype=base,
+                                 types=types)))
+        assert isinstance(mix.model.layers[0].attn.wqkv, PartsLinear)
+        assert (mix.model.layers[0].attn.wqkv.bias is not None) == (kind == "qwen2")
+        try:
+            for bits in (16, 8):
+                set_activation_bits(mix.model, bits)
+                assert_same_step(decode_both(mix, [list(range(10, 30)), list(range(40, 47)), [5]], steps=3),
+                                 atol=1e-3)
+        finally:
+            set_activation_bits(mix.model, 16)
 
 
 def test_plan_follows_the_model(llama_path):

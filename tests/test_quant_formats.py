@@ -47,7 +47,7 @@ def block_int8(w):
     g = w.reshape(w.shape[0], -1, 32)
     s = (g.abs().amax(-1) / 127).half()
     q = torch.round(g / s.float()[..., None]).clamp(-127, 127).to(torch.int8).reshape(w.shape)
-    return BlockInt8Linear(w.shape[1], w.shape[0])._set({"q": q, "scales": s}, None)
+    return BlockInt8Linear(w.shape[1], w.shape[0])._set({"q": q, "scales": s, "mins": s[:, :0]}, None)
 
 
 def _with_perm_and_scale(m, s):

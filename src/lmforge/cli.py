@@ -31,7 +31,7 @@ def _generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", default=None, metavar="SPEC",
                    help="quantize at load time (RTN): int8, fp8, int4 (group 128), int4-g64, int4-g128-asym, ...")
     p.add_argument("--dequantize", action="store_true",
-                   help="expand a GGUF file's Q4_0/Q4_1/Q4_K/Q5_0/Q6_K/Q8_0 weights to --dtype instead of running them natively")
+                   help="expand a GGUF file's Q4_0/Q4_1/Q4_K/Q5_0/Q5_K/Q6_K/Q8_0 weights to --dtype instead of running them natively")
     p.add_argument("--act-bits", type=int, choices=(32, 16, 8), default=16,
                    help="how the native kernels of quantized weights take activations (prompts and decode steps): "
                         "16 (default, ~15 bits), 8 (llama.cpp's int8 rounding, fastest) or 32 (fp32, exact)")

@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
     b.add_argument("--quantize", default=None, metavar="SPEC",
                    help="quantize at load time (RTN): int8, fp8, int4 (group 128), int4-g64, int4-g128-asym, ...")
     b.add_argument("--dequantize", action="store_true",
-                   help="expand a GGUF file's Q4_0/Q4_1/Q4_K/Q5_0/Q6_K/Q8_0 weights to --dtype instead of running them natively")
+                   help="expand a GGUF file's Q4_0/Q4_1/Q4_K/Q5_0/Q5_K/Q6_K/Q8_0 weights to --dtype instead of running them natively")
     b.add_argument("--act-bits", type=int, choices=(32, 16, 8), default=16,
                    help="how the native kernels of quantized weights take decode activations: 16 (default, ~15 bits), "
                         "8 (llama.cpp's int8 rounding, fastest) or 32 (fp32, exact)")

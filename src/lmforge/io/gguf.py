@@ -1,9 +1,9 @@
 """GGUF files (llama.cpp): metadata -> ModelConfig, tensors (native blocks or dequantized), embedded tokenizer.
 
-The file is memory-mapped by ``gguf.GGUFReader``. Linear weights in Q4_0, Q4_1, Q4_K, Q5_0, Q6_K and Q8_0 run natively:
-``tensors()`` repacks their blocks into the layouts of lmforge's kernels (``BlockInt4Linear`` /
+The file is memory-mapped by ``gguf.GGUFReader``. Linear weights in Q4_0, Q4_1, Q4_K, Q5_0, Q5_K, Q6_K and Q8_0
+run natively: ``tensors()`` repacks their blocks into the layouts of lmforge's kernels (``BlockInt4Linear`` /
 ``BlockInt8Linear``; the token embedding becomes a ``BlockEmbedding``, which is also the head when the
-model ties them) and they are never expanded to floats. Every other type (F16, BF16, Q5_K, ...) is
+model ties them) and they are never expanded to floats. Every other type (F16, BF16, Q3_K, ...) is
 dequantized one tensor per step, so only the mapped bytes and one float copy of the tensor at hand
 exist at a time. ``GGUFSource(path, native=False)`` dequantizes everything (to quantize or merge an
 adapter into the weights, or to compare with a reference on the same float weights).
@@ -37,12 +37,13 @@ TESTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_0", "Q4_0", "Q4_1", "Q4_K", "Q
 
 # GGUF types executed natively -> the kernel format they are repacked into
 # (q4s: int4 with min = -8 scale, no mins read; q4k: int4 with K-quant scales and mins, each Q4_K
-# sub-block of 32 weights one block; Q5_0's 5-bit codes - 16 are int8 codes; q6k: plain int8 with one
-# fp32 scale per 16 columns, Q6_K's codes - 32 and sub-block scales)
-NATIVE_TYPES = {"Q4_0": "q4s", "Q4_1": "q4", "Q4_K": "q4k", "Q5_0": "q8", "Q6_K": "q6k", "Q8_0": "q8"}
-NATIVE_TENSORS = {"q4": ("qs", "scales", "mins"), "q4s": ("qs", "scales", "mins"),  # q4s: mins [N, 0]
-                  "q4k": ("qs", "scales", "mins"), "q8": ("q", "scales"),
-                  "q6k": ("q", "scales")}  # what one GGUF weight becomes
+# sub-block of 32 weights one block; Q5_0's 5-bit codes - 16 are int8 codes; q5k: plain int8 codes 0..31
+# with K-quant scales and mins, each Q5_K sub-block one block; q6k: plain int8 with K-quant half-block
+# scales, one per 16 columns, Q6_K's codes - 32 and sub-block scales)
+NATIVE_TYPES = {"Q4_0": "q4s", "Q4_1": "q4", "Q4_K": "q4k", "Q5_0": "q8", "Q5_K": "q5k", "Q6_K": "q6k",
+                "Q8_0": "q8"}
+NATIVE_TENSORS = {kind: ("qs", "scales", "mins") for kind in ("q4", "q4s", "q4k")}  # q4s: mins [N, 0]
+NATIVE_TENSORS.update({kind: ("q", "scales", "mins") for kind in ("q8", "q5k", "q6k")})  # q8, q6k: mins [N, 0]
 # GGUFSource.tensors() names the joined parts of a PartsLinear with this prefix (no GGUF name has it)
 PARTS_PREFIX = "lmforge-parts:"
 
@@ -303,7 +304,8 @@ class GGUFSource:
 
         classes = {"q4": BlockInt4Linear, "q4s": partial(BlockInt4Linear, symmetric=True),
                    "q4k": partial(BlockInt4Linear, scale_dtype=torch.uint8), "q8": BlockInt8Linear,
-                   "q6k": partial(BlockInt8Linear, group_size=16, scale_dtype=torch.float32)}
+                   "q5k": partial(BlockInt8Linear, scale_dtype=torch.uint8, with_mins=True),
+                   "q6k": partial(BlockInt8Linear, group_size=16, scale_dtype=torch.uint8)}
         with torch.device("meta"):
             for name, kind in self.native.items():
                 if name == "embed":
@@ -357,7 +359,7 @@ def module_of(family: Family, tensor_name: str) -> str | None:
 
 
 def native_plan(tensors, family: Family) -> dict[str, str | tuple]:
-    """lmforge module -> kernel format ("q4" / "q4s" / "q4k" / "q8" / "q6k") for every module whose GGUF
+    """lmforge module -> kernel format ("q4" / "q4s" / "q4k" / "q8" / "q5k" / "q6k") for every module whose GGUF
     weights (all the parts of a fused one: q, k, v) have types the kernels run; the embedding too
     ("embed"). A fused module whose parts have different formats (GGUF Q4_K_M: Q4_K q and k, Q6_K v)
     gets its runs instead, ((format, parts, rows), ...): the consecutive parts of one format in the
@@ -390,20 +392,22 @@ def native_plan(tensors, family: Family) -> dict[str, str | tuple]:
 
 
 def repack(t, path: Path) -> tuple[torch.Tensor, ...]:
-    """A Q4_0 / Q4_1 / Q4_K / Q5_0 / Q6_K / Q8_0 ReaderTensor as the kernel layout's tensors (see NATIVE_TENSORS)."""
+    """A ReaderTensor of a NATIVE_TYPES type as the kernel layout's tensors (see NATIVE_TENSORS)."""
     from .. import kernels
 
     N, K = (int(n) for n in reversed(t.shape.tolist()))
     kind = t.tensor_type.name
     fn = {"Q4_0": kernels.repack_gguf_q4_0, "Q4_1": kernels.repack_gguf_q4_1, "Q4_K": kernels.repack_gguf_q4_k,
-          "Q5_0": kernels.repack_gguf_q5_0, "Q6_K": kernels.repack_gguf_q6_k, "Q8_0": kernels.repack_gguf_q8_0}[kind]
+          "Q5_0": kernels.repack_gguf_q5_0, "Q5_K": kernels.repack_gguf_q5_k, "Q6_K": kernels.repack_gguf_q6_k,
+          "Q8_0": kernels.repack_gguf_q8_0}[kind]
     try:
         with warnings.catch_warnings():  # the map is read-only; the repacked tensors are fresh copies
             warnings.simplefilter("ignore", UserWarning)
-            return fn(torch.from_numpy(np.asarray(t.data)).reshape(N, -1))
+            out = fn(torch.from_numpy(np.asarray(t.data)).reshape(N, -1))
     except (ValueError, RuntimeError):
         raise LmforgeError(f"{path}: tensor {t.name!r} ({kind}, shape {(N, K)}) has {t.data.nbytes} bytes of "
                            "blocks, not what its shape needs; the file is truncated or corrupt") from None
+    return out if len(out) == 3 else (*out, out[1].new_empty((N, 0)))  # int8 without mins: empty ones
 
 
 def dequantize(t, path: Path) -> torch.Tensor:

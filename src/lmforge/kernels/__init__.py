@@ -15,8 +15,9 @@ Weight layouts (output channel first; K a multiple of 32, groups of K/G columns,
 - int8: ``q`` int8 [N, K] (plain: column order), or uint8 [N, K] (grouped, GGUF Q8_0 at load: the codes
   + 128, in interleaved groups of 8 blocks like int4's, byte 32 i + 4 j + e holding column 4 i + e
   of block j, then the blocks left over in column order; ``reference.pack_int8_groups``). ``scales``
-  float16 or float32 [N, G]; w = q * scale. Plain int8 also takes fp32 half-block scales [N, 2 K/32], one
-  per 16 columns (GGUF Q6_K at load).
+  float16 or float32 [N, G]; w = q * scale. Plain int8 also takes K-quant scales (uint8, as int4's):
+  half-block ones, one per 16 columns (GGUF Q6_K at load), or one per block of 32 with K-quant ``mins``
+  (w = q * scale + min; GGUF Q5_K at load, codes 0..31).
 - dense: ``weight`` float32, bfloat16 or float16 [N, K] (an ordinary Linear weight).
 
 ``int4_linear(x, ..., act_bits)`` / ``int8_linear(x, ..., act_bits)`` compute x [..., K] @ W.T -> [..., N]
@@ -50,18 +51,18 @@ import torch
 
 from . import reference
 from .build import load_native
-from .repack import (repack_gguf_q4_0, repack_gguf_q4_1, repack_gguf_q4_k, repack_gguf_q5_0, repack_gguf_q6_k,
-                     repack_gguf_q8_0, repack_int4, repack_int8)
+from .repack import (repack_gguf_q4_0, repack_gguf_q4_1, repack_gguf_q4_k, repack_gguf_q5_0, repack_gguf_q5_k,
+                     repack_gguf_q6_k, repack_gguf_q8_0, repack_int4, repack_int8)
 
 __all__ = ["attention_decode", "backend", "dense_linear", "describe", "int4_linear", "int4_rows", "int8_linear",
            "int8_rows", "repack_gguf_q4_0", "repack_gguf_q4_1", "repack_gguf_q4_k", "repack_gguf_q5_0",
-           "repack_gguf_q6_k", "repack_gguf_q8_0", "repack_int4", "repack_int8", "rms_norm", "silu_mul"]
+           "repack_gguf_q5_k", "repack_gguf_q6_k", "repack_gguf_q8_0", "repack_int4", "repack_int8", "rms_norm", "silu_mul"]
 
 SCHEMAS = {
     "int4_linear": "int4_linear(Tensor x, Tensor qs, Tensor scales, Tensor mins, int act_bits=32) -> Tensor",
-    "int8_linear": "int8_linear(Tensor x, Tensor q, Tensor scales, int act_bits=32) -> Tensor",
+    "int8_linear": "int8_linear(Tensor x, Tensor q, Tensor scales, int act_bits=32, Tensor? mins=None) -> Tensor",
     "int4_rows": "int4_rows(Tensor ids, Tensor qs, Tensor scales, Tensor mins) -> Tensor",
-    "int8_rows": "int8_rows(Tensor ids, Tensor q, Tensor scales) -> Tensor",
+    "int8_rows": "int8_rows(Tensor ids, Tensor q, Tensor scales, Tensor? mins=None) -> Tensor",
     "dense_linear": "dense_linear(Tensor x, Tensor weight) -> Tensor",
     "rms_norm": "rms_norm(Tensor x, Tensor weight, float eps) -> Tensor",
     "silu_mul": "silu_mul(Tensor h) -> Tensor",
@@ -154,11 +155,12 @@ def int4_linear(x: torch.Tensor, qs: torch.Tensor, scales: torch.Tensor, mins: t
     return torch.ops.lmforge.int4_linear(x, qs, scales, mins, act_bits)
 
 
-def int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, act_bits: int = 32) -> torch.Tensor:
-    """x [..., K] @ W.T -> [..., N] for an int8 layout (W = q * scales per group; q int8 plain or uint8
-    grouped); act_bits as for int4."""
+def int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, act_bits: int = 32,
+                mins: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] @ W.T -> [..., N] for an int8 layout (W = q * scales per group, + mins with K-quant
+    ones; q int8 plain or uint8 grouped); act_bits as for int4."""
     backend()
-    return torch.ops.lmforge.int8_linear(x, q, scales, act_bits)
+    return torch.ops.lmforge.int8_linear(x, q, scales, act_bits, mins)
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -207,10 +209,11 @@ def int4_rows(ids: torch.Tensor, qs: torch.Tensor, scales: torch.Tensor, mins: t
     return torch.ops.lmforge.int4_rows(ids, qs, scales, mins)
 
 
-def int8_rows(ids: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+def int8_rows(ids: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None = None
+              ) -> torch.Tensor:
     """Rows ids [...] of an int8 table (plain or grouped) in fp32 [..., K], as int4_rows."""
     backend()
-    return torch.ops.lmforge.int8_rows(ids, q, scales)
+    return torch.ops.lmforge.int8_rows(ids, q, scales, mins)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -126,9 +126,16 @@ def dequantize_int4_blocks(qs: torch.Tensor, scales: torch.Tensor, mins: torch.T
     return q * _per_column(scales, q.shape[1]) + _per_column(int4_mins(scales, mins), q.shape[1])
 
 
-def dequantize_int8_blocks(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """The weight [N, K] fp32 of an int8 kernel layout (plain int8 or grouped uint8): w = q * scale."""
-    return int8_codes(q).float() * _per_column(scales, q.shape[1])
+def dequantize_int8_blocks(q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None = None) -> torch.Tensor:
+    """The weight [N, K] fp32 of an int8 kernel layout (plain int8 or grouped uint8): w = q * scale, plus
+    min where the layout has mins (K-quant, GGUF Q5_K)."""
+    q = int8_codes(q).float()
+    w = q * _per_column(scales, q.shape[1])
+    return w + _per_column(mins, q.shape[1]) if _has(mins) else w
+
+
+def _has(mins: torch.Tensor | None) -> bool:
+    return mins is not None and mins.numel() > 0
 
 
 def int4_rows(ids: torch.Tensor, qs: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
@@ -138,10 +145,11 @@ def int4_rows(ids: torch.Tensor, qs: torch.Tensor, scales: torch.Tensor, mins: t
     return rows.reshape(*ids.shape, rows.shape[1])
 
 
-def int8_rows(ids: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+def int8_rows(ids: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None = None
+              ) -> torch.Tensor:
     """Rows ids [...] of an int8 table (either layout) dequantized: fp32 [..., K]."""
     flat = ids.flatten()
-    rows = dequantize_int8_blocks(q[flat], scales[flat])
+    rows = dequantize_int8_blocks(q[flat], scales[flat], mins[flat] if _has(mins) else None)
     return rows.reshape(*ids.shape, rows.shape[1])
 
 
@@ -180,9 +188,13 @@ def int4_linear(x: torch.Tensor, qs: torch.Tensor, scales: torch.Tensor, mins: t
     return (F.linear(xr, w) + mins_part).to(x.dtype)
 
 
-def int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, act_bits: int = 32) -> torch.Tensor:
-    # x: [..., K] -> [..., N]
-    return F.linear(_activations(x, act_bits), dequantize_int8_blocks(q, scales).to(x.device)).to(x.dtype)
+def int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, act_bits: int = 32,
+                mins: torch.Tensor | None = None) -> torch.Tensor:
+    # x: [..., K] -> [..., N]; mins (K-quant) multiply the exact block sums of x, as int4_linear's
+    y = F.linear(_activations(x, act_bits), dequantize_int8_blocks(q, scales).to(x.device))
+    if _has(mins):
+        y = y + F.linear(x.float(), _per_column(mins, q.shape[1]).to(x.device))
+    return y.to(x.dtype)
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,13 @@ GGUF blocks (ggml's ``block_q4_0`` / ``block_q4_1`` / ``block_q8_0``, 32 weights
   bits) | 16 int8 sub-block scales sc | d fp16;                    w = d * sc * (q - 32)
   Each 128-weight half takes 64 bytes of ql and 32 of qh: weight 32 k + l (k < 4, l < 32) has its low
   bits in the low (k < 2) or high nibble of ql byte 32 (k % 2) + l and its top bits at bit 2k of qh
-  byte l. q - 32 in -32..31 is an int8 code and d * sc an fp32 scale (exact, 11 x 8 significant bits):
-  a Q6_K weight becomes plain int8 with half-block scales, one per 16 columns.
+  byte l. q - 32 in -32..31 is an int8 code (negated where d * sc < 0: -32..32) and |d| * |sc| a
+  K-quant scale (the step |d|, the multiplier |sc| <= 128): a Q6_K weight becomes plain int8 with
+  K-quant half-block scales, one per 16 columns, exactly.
+- Q5_K, 176 bytes per 256 weights (8 sub-blocks of 32): d fp16 | dmin fp16 | 12 bytes of sc and m as in
+  Q4_K | 32 bytes qh | 128 bytes of nibbles as in Q4_K;         w = d * sc * q - dmin * m
+  Bit 4 of weight 64 c + 32 h + l (h < 2, l < 32) is bit 2c + h of qh byte l. The 5-bit q in 0..31 is an
+  int8 code, and each sub-block a block with Q4_K's K-quant scale and min: plain int8 with mins.
 
 lmforge's own formats (``quant.formats``): int4 (packed pairs of columns, scales and integer zeros per
 group, w = (q - z) * s) and int8 (per-channel scales, w = q * s).
@@ -31,7 +36,7 @@ import torch
 
 from .reference import KSCALE_BYTES, QK, gguf_int4_blocks, pack_int4_blocks, pack_int8_groups, pack_k_scales
 
-Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q8_0_BYTES, Q4_K_BYTES, Q6_K_BYTES = 18, 20, 22, 34, 144, 210
+Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q8_0_BYTES, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES = 18, 20, 22, 34, 144, 176, 210
 QK_K = 256  # weights per K-quant super-block
 
 
@@ -104,15 +109,17 @@ def repack_gguf_q4_k(raw: torch.Tensor, rows: int = 2048) -> tuple[torch.Tensor,
 
 
 def repack_gguf_q6_k(raw: torch.Tensor, rows: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """GGUF Q6_K bytes -> (q int8 [N, K] plain, scales fp32 [N, K/16]): the codes q - 32 and one scale
-    d * sc per 16 columns (the same weights, see the module docstring). Always the plain int8 layout, the
-    one whose kernels take half-block scales. `rows` rows at a time, so that the unpacked codes stay small."""
+    """GGUF Q6_K bytes -> (q int8 [N, K] plain, K-quant half-block scales uint8 [N, K/128 * 10]): the
+    codes q - 32 and one scale d * sc per 16 columns (the same weights, see the module docstring), the
+    sign of d * sc moved onto the codes so that the scale is |d| * |sc| (``reference.pack_k_scales``
+    with one record per 8 half blocks). Always the plain int8 layout, the one whose kernels take
+    K-quant scales. `rows` rows at a time, so that the unpacked codes stay small."""
     raw = torch.as_tensor(raw)
     if raw.dtype != torch.uint8 or raw.dim() != 2 or raw.shape[1] % Q6_K_BYTES:
         raise ValueError(f"Q6_K data must be uint8 [N, K/256 * {Q6_K_BYTES}], got {raw.dtype} {tuple(raw.shape)}")
     N, nsuper = raw.shape[0], raw.shape[1] // Q6_K_BYTES
     q = torch.empty(N, nsuper * QK_K, dtype=torch.int8)
-    scales = torch.empty(N, nsuper * QK_K // 16, dtype=torch.float32)
+    scales = torch.empty(N, nsuper * 2 * KSCALE_BYTES, dtype=torch.uint8)
     for r0 in range(0, N, rows):
         blocks = raw[r0:r0 + rows].reshape(-1, nsuper, Q6_K_BYTES)
         n = blocks.shape[0]
@@ -120,11 +127,42 @@ def repack_gguf_q6_k(raw: torch.Tensor, rows: int = 2048) -> tuple[torch.Tensor,
         qh = blocks[..., 128:192].reshape(n, nsuper, 2, 1, 32)              # half, -, l
         low = torch.cat((ql & 0x0F, ql >> 4), dim=3)                       # k = 0..3
         high = (qh >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8).reshape(4, 1)) & 3
-        q[r0:r0 + n] = ((low | (high << 4)).to(torch.int8) - 32).reshape(n, -1)
-        sc = blocks[..., 192:208].contiguous().view(torch.int8).float()    # [n, nsuper, 16]
-        d = blocks[..., 208:210].contiguous().view(torch.float16).float()  # [n, nsuper, 1]
-        scales[r0:r0 + n] = (d * sc).reshape(n, -1)
+        codes = ((low | (high << 4)).to(torch.int16) - 32).reshape(n, nsuper, 16, 16)
+        sc = blocks[..., 192:208].contiguous().view(torch.int8).to(torch.int16)  # [n, nsuper, 16]
+        d = blocks[..., 208:210].contiguous().view(torch.float16)               # [n, nsuper, 1]
+        negative = (sc < 0) ^ (d < 0)                                            # the sign of d * sc
+        codes = torch.where(negative[..., None], -codes, codes)                  # -32..32
+        q[r0:r0 + n] = codes.to(torch.int8).reshape(n, -1)
+        steps = d.abs().reshape(n, nsuper).repeat_interleave(2, dim=1)           # one per record of 8
+        scales[r0:r0 + n] = pack_k_scales(steps, sc.abs().reshape(n, -1))
     return q, scales
+
+
+def repack_gguf_q5_k(raw: torch.Tensor, rows: int = 2048) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GGUF Q5_K bytes -> (q int8 [N, K] plain, codes 0..31; scales, mins K-quant uint8 [N, K/256 * 10]):
+    each 32-weight sub-block a block of int8 codes with scale d * sc and min -dmin * m (the same weights,
+    see the module docstring). `rows` rows at a time, so that the unpacked codes stay small."""
+    raw = torch.as_tensor(raw)
+    if raw.dtype != torch.uint8 or raw.dim() != 2 or raw.shape[1] % Q5_K_BYTES:
+        raise ValueError(f"Q5_K data must be uint8 [N, K/256 * {Q5_K_BYTES}], got {raw.dtype} {tuple(raw.shape)}")
+    N, nsuper = raw.shape[0], raw.shape[1] // Q5_K_BYTES
+    q = torch.empty(N, nsuper * QK_K, dtype=torch.int8)
+    scales = torch.empty(N, nsuper * KSCALE_BYTES, dtype=torch.uint8)
+    mins = torch.empty_like(scales)
+    for r0 in range(0, N, rows):
+        blocks = raw[r0:r0 + rows].reshape(-1, nsuper, Q5_K_BYTES)
+        n = blocks.shape[0]
+        d = blocks[..., 0:2].contiguous().view(torch.float16).reshape(n, nsuper)
+        dmin = blocks[..., 2:4].contiguous().view(torch.float16).reshape(n, nsuper)
+        sc, m = q4_k_scales_mins(blocks[..., 4:16])
+        scales[r0:r0 + n] = pack_k_scales(d, sc.reshape(n, -1))
+        mins[r0:r0 + n] = pack_k_scales(-dmin, m.reshape(n, -1))  # min = -dmin * m
+        qh = blocks[..., 16:48].reshape(n, nsuper, 1, 1, 32)                   # -, -, l
+        nib = blocks[..., 48:].reshape(n, nsuper, 4, 1, 32)                    # chunk c: low nibbles, then high
+        low = torch.cat((nib & 0x0F, nib >> 4), dim=3)                         # [n, nsuper, c, h, l]
+        bit = torch.arange(8, dtype=torch.uint8).reshape(4, 2, 1)              # bit 2c + h of qh byte l
+        q[r0:r0 + n] = (low | (((qh >> bit) & 1) << 4)).to(torch.int8).reshape(n, -1)
+    return q, scales, mins
 
 
 def repack_gguf_q8_0(raw: torch.Tensor, grouped: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -272,27 +272,33 @@ class BlockInt8Linear(QuantLinear):
     """int8 with one scale per group of input columns (GGUF Q8_0 / Q5_0 at load: groups of 32), the native
     kernels' layout: ``q`` uint8 [N, K] grouped (codes + 128, interleaved per 8 blocks, see
     lmforge.kernels; where the kernels have VNNI) or int8 [N, K] plain, ``scales`` [N, G] float16 or
-    float32, w = q * scale. Plain int8 with float32 scales also takes groups of 16 columns (GGUF Q6_K at
-    load: ``group_size=16``)."""
+    float32, w = q * scale. Plain int8 also takes K-quant scales (``scale_dtype`` uint8, [N, G/8 * 10]):
+    half-block ones with ``group_size=16`` (GGUF Q6_K at load), or ones of blocks of 32 with K-quant
+    ``mins`` (``with_mins``: w = q * scale + min, GGUF Q5_K at load). ``mins`` is empty [N, 0] otherwise."""
     format = "q8"
-    weight_names = ("q", "scales")
+    weight_names = ("q", "scales", "mins")
 
     def __init__(self, in_features, out_features, bias=False, input_scale=False, perm=False,
-                 groups: int | None = None, scale_dtype: torch.dtype = torch.float16, group_size: int | None = None):
+                 groups: int | None = None, scale_dtype: torch.dtype = torch.float16, group_size: int | None = None,
+                 with_mins: bool = False):
         super().__init__(in_features, out_features, bias, input_scale, perm)
         groups = groups or in_features // (group_size or kernels.reference.QK)
+        width = groups // 8 * kernels.reference.KSCALE_BYTES if scale_dtype == torch.uint8 else groups
         self.register_buffer("q", torch.full((out_features, in_features), 128, dtype=torch.uint8))  # zeros
-        self.register_buffer("scales", torch.ones(out_features, groups, dtype=scale_dtype))
+        self.register_buffer("scales", torch.ones(out_features, width, dtype=scale_dtype))
+        self.register_buffer("mins", torch.zeros(out_features, width if with_mins else 0, dtype=scale_dtype))
 
     def format_args(self):
-        return {"groups": self.scales.shape[1], "scale_dtype": self.scales.dtype}
+        return {"groups": kernels.reference.scale_groups(self.scales), "scale_dtype": self.scales.dtype,
+                "with_mins": self.mins.shape[1] > 0}
 
     def dequantize(self):
-        return kernels.reference.dequantize_int8_blocks(self.q, self.scales)
+        return kernels.reference.dequantize_int8_blocks(self.q, self.scales, self.mins)
 
     def matmul(self, x):
         b = self._buffers
-        return kernels.int8_linear(x, b["q"], b["scales"], self.act_bits)
+        mins = b["mins"]
+        return kernels.int8_linear(x, b["q"], b["scales"], self.act_bits, mins if mins.numel() else None)
 
 
 BLOCK_FORMATS = (BlockInt4Linear, BlockInt8Linear)
@@ -335,7 +341,7 @@ class BlockEmbedding(nn.Module):
         # tokens: [B, S] -> [B, S, D] fp32
         t = self.table
         if isinstance(t, BlockInt8Linear):
-            rows = kernels.int8_rows(tokens, t.q, t.scales)
+            rows = kernels.int8_rows(tokens, t.q, t.scales, t.mins if t.mins.numel() else None)
         else:
             rows = kernels.int4_rows(tokens, t.qs, t.scales, t.mins)
         return rows.to(self.dtype)

@@ -219,7 +219,7 @@ class Linear {
   std::pair<int64_t, int64_t> integer(const QRow* xr, float* y) const {
     auto run = [&](const auto& w) { return quant<MR, TWO>(w, xr, y); };
     if (l_.kind == Kind::INT4) return with_int4<Int4Rows>(l_.w.data_ptr<uint8_t>(), l_.scales, l_.mins, l_.K, run);
-    return with_int8<Int8Rows>(l_.w, l_.scales, l_.K, run);
+    return with_int8<Int8Rows>(l_.w, l_.scales, l_.mins, l_.K, run);
   }
 
   template <int MR>
@@ -300,7 +300,8 @@ class DecodePlan : public torch::CustomClassHolder {
   }
 
   // format: "dense" (fp32 weight [N, K]), "int4" (qs, scales, mins) or "int8" (q: int8 plain or uint8
-  // grouped, scales), in the layouts of lmforge/kernels/__init__.py; returns the linear's index.
+  // grouped, scales, and K-quant mins with K-quant scales of blocks of 32), in the layouts of
+  // lmforge/kernels/__init__.py; returns the linear's index.
   int64_t add_linear(const std::string& format, const std::vector<at::Tensor>& parts, const c10::optional<at::Tensor>& bias) {
     Lin l;
     auto cpu_contiguous = [](const at::Tensor& t) { return t.device().is_cpu() && t.is_contiguous(); };
@@ -315,29 +316,33 @@ class DecodePlan : public torch::CustomClassHolder {
       l.G = 1;
     } else if (format == "int4" || format == "int8") {
       const bool int4 = format == "int4";
-      TORCH_CHECK(parts.size() == (int4 ? 3u : 2u), "DecodePlan: ", format, " takes ", int4 ? 3 : 2, " tensors");
+      TORCH_CHECK(parts.size() == 3u || (!int4 && parts.size() == 2u), "DecodePlan: ", format, " takes ",
+                  int4 ? "3 tensors" : "2 or 3 tensors");
       l.w = parts[0];
       l.scales = parts[1];
+      if (parts.size() == 3u) l.mins = parts[2];
       TORCH_CHECK(l.w.dim() == 2 && (l.w.scalar_type() == at::kByte || (!int4 && l.w.scalar_type() == at::kChar)),
                   "DecodePlan: bad ", format, " codes");
       l.N = l.w.size(0);
       l.K = int4 ? l.w.size(1) * 2 : l.w.size(1);
+      const bool plain = !int4 && l.w.scalar_type() == at::kChar;  // plain int8 also takes K-quant scales
       const auto st = l.scales.scalar_type();
       TORCH_CHECK(l.scales.dim() == 2 && l.scales.size(0) == l.N && (st == at::kHalf || st == at::kFloat ||
-                                                                    (int4 && st == at::kByte && l.scales.size(1) % KSCALE_BYTES == 0)),
-                  "DecodePlan: scales must be fp16 or fp32 [N, G], or K-quant uint8 [N, G / 8 * 10] (int4)");
+                                                                    ((int4 || plain) && st == at::kByte && l.scales.size(1) % KSCALE_BYTES == 0)),
+                  "DecodePlan: scales must be fp16 or fp32 [N, G], or K-quant uint8 [N, G / 8 * 10] (int4, plain int8)");
       l.G = scale_groups(l.scales);
-      const bool halves = !int4 && l.w.scalar_type() == at::kChar && st == at::kFloat && half_block_scales(l.scales, l.K);
+      const bool halves = plain && half_block_scales(l.scales, l.K);
       TORCH_CHECK(l.K % QK == 0 && (halves || (l.K % l.G == 0 && (l.K / l.G) % QK == 0)),
-                  "DecodePlan: groups must be multiples of 32 columns (or 16, fp32 scales of plain int8 codes)");
+                  "DecodePlan: groups must be multiples of 32 columns (or 16, K-quant scales of plain int8 codes)");
+      const bool has_mins = l.mins.defined() && l.mins.numel() > 0;
       if (int4) {
-        l.mins = parts[2];
         TORCH_CHECK((l.mins.sizes() == l.scales.sizes() || (l.mins.dim() == 2 && l.mins.size(0) == l.N && l.mins.size(1) == 0)) &&
                         l.mins.scalar_type() == st,
                     "DecodePlan: mins must match scales, or be empty [N, 0] (min = -8 scale)");
         l.kind = Kind::INT4;
       } else {
-        TORCH_CHECK(st != at::kByte, "DecodePlan: int8 scales must be fp16 or fp32");
+        TORCH_CHECK(has_mins == (st == at::kByte && !halves) && (!has_mins || l.mins.sizes() == l.scales.sizes()),
+                    "DecodePlan: int8 mins go with (and only with) K-quant scales of blocks of 32, and match them");
         l.kind = Kind::INT8;
       }
     } else {
@@ -789,7 +794,7 @@ class DecodePlan : public torch::CustomClassHolder {
     switch (l.kind) {
       case Kind::DENSE_F32: std::copy_n(l.w.data_ptr<float>() + r * l.K, l.K, out); return;
       case Kind::INT4: return with_int4<Int4Codes>(l.w.data_ptr<uint8_t>(), l.scales, l.mins, l.K, decode);
-      default: return with_int8<Int8Codes>(l.w, l.scales, l.K, decode);
+      default: return with_int8<Int8Codes>(l.w, l.scales, l.mins, l.K, decode);
     }
   }
 

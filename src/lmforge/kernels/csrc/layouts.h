@@ -26,24 +26,32 @@ auto with_int4(const uint8_t* qs, const at::Tensor& s, const at::Tensor& m, int6
   }
 }
 
-// Whether int8 scales [N, G] are half-block ones (one per 16 of K columns).
-inline bool half_block_scales(const at::Tensor& s, int64_t K) { return s.size(1) == 2 * (K / QK); }
+// Whether int8 scales are K-quant half-block ones (one per 16 of K columns, G = 2 K/32).
+inline bool half_block_scales(const at::Tensor& s, int64_t K) {
+  return s.scalar_type() == at::kByte && scale_groups(s) == 2 * (K / QK);
+}
 
 // f(layout) with the int8 layout L<S, C> of codes q [N, K] (C = int8_t plain, uint8_t grouped) and
-// scales [N, G] (S = at::Half, float, or HalfScale for fp32 half-block scales).
+// scales [N, G] (S = at::Half, float; plain codes also K-quant uint8 scales: KHalfScale for half-block
+// ones, KScale with K-quant mins m, which are empty or undefined for every other layout).
 template <template <typename, typename> class L, typename F>
-auto with_int8(const at::Tensor& q, const at::Tensor& s, int64_t K, F&& f) {
-  const int64_t G = s.size(1);
-  const bool half = s.scalar_type() == at::kHalf;
+auto with_int8(const at::Tensor& q, const at::Tensor& s, const at::Tensor& m, int64_t K, F&& f) {
+  const int64_t G = scale_groups(s);
   if (q.scalar_type() == at::kByte) {
     const uint8_t* p = q.data_ptr<uint8_t>();
-    if (half) return f(L<at::Half, uint8_t>{{p, s.data_ptr<at::Half>(), K, G}});
+    if (s.scalar_type() == at::kHalf) return f(L<at::Half, uint8_t>{{p, s.data_ptr<at::Half>(), K, G}});
     return f(L<float, uint8_t>{{p, s.data_ptr<float>(), K, G}});
   }
   const int8_t* p = q.data_ptr<int8_t>();
-  if (half) return f(L<at::Half, int8_t>{{p, s.data_ptr<at::Half>(), K, G}});
-  if (half_block_scales(s, K)) return f(L<HalfScale, int8_t>{{p, s.data_ptr<float>(), K, G}});
-  return f(L<float, int8_t>{{p, s.data_ptr<float>(), K, G}});
+  switch (s.scalar_type()) {
+    case at::kHalf: return f(L<at::Half, int8_t>{{p, s.data_ptr<at::Half>(), K, G}});
+    case at::kByte: {
+      const KScales scales{s.data_ptr<uint8_t>()};
+      if (m.defined() && m.numel()) return f(L<KScale, int8_t>{{p, scales, K, G, KScales{m.data_ptr<uint8_t>()}}});
+      return f(L<KHalfScale, int8_t>{{p, scales, K, G}});
+    }
+    default: return f(L<float, int8_t>{{p, s.data_ptr<float>(), K, G}});
+  }
 }
 
 }  // namespace lmforge_simd

@@ -391,13 +391,13 @@ struct Int8Rows : Int8Layout<S, C> {
 template <typename Rows>
 __attribute__((always_inline)) inline void block_params(const Rows& w, int64_t N, int64_t r, int64_t b0, int64_t n,
                                                         int64_t bpg, float* scale, float* min) {
-  if constexpr (Rows::HALF) {  // a row's scales are contiguous, 2 per block
-    const float* s = w.scales + r * w.G + 2 * b0;
-    if (r * w.G + 2 * b0 + 16 <= N * w.G) {  // past the row's end: as below
-      _mm256_storeu_ps(scale, _mm256_loadu_ps(s));
-      _mm256_storeu_ps(scale + 8, _mm256_loadu_ps(s + 8));
+  if constexpr (Rows::HALF) {  // K-quant half-block scales: 2 per block, a record per 8 half blocks
+    const int64_t i = r * w.G + 2 * b0;
+    if (n == 8) {
+      _mm256_storeu_ps(scale, load8(w.scales + i));
+      _mm256_storeu_ps(scale + 8, load8(w.scales + i + 8));
     } else {
-      for (int64_t j = 0; j < 16; ++j) scale[j] = j < 2 * n ? s[j] : 0.f;
+      for (int64_t j = 0; j < 16; ++j) scale[j] = j < 2 * n ? w.scale(r, 2 * b0 + j) : 0.f;
     }
     return;
   }

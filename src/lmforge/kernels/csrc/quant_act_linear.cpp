@@ -120,9 +120,10 @@ at::Tensor int4_linear_qact(const at::Tensor& x, const at::Tensor& qs, const at:
   return with_int4<Int4Rows>(qs.data_ptr<uint8_t>(), scales, mins, K, [&](const auto& w) { return run(x, w, N, K / 2, bits); });
 }
 
-at::Tensor int8_linear_qact(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, int64_t bits) {
+at::Tensor int8_linear_qact(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, const at::Tensor& mins,
+                            int64_t bits) {
   const int64_t N = q.size(0), K = q.size(1);
-  return with_int8<Int8Rows>(q, scales, K, [&](const auto& w) { return run(x, w, N, K, bits); });
+  return with_int8<Int8Rows>(q, scales, mins, K, [&](const auto& w) { return run(x, w, N, K, bits); });
 }
 
 }  // namespace lmforge

@@ -8,8 +8,9 @@
 //         in lmforge/kernels/__init__.py); scales, mins fp16 or fp32 [N, G]: w = q * scale + min, groups
 //         of K/G columns (a multiple of 32).
 //   int8: q int8 [N, K] (plain) or uint8 [N, K] (grouped: codes + 128, interleaved like int4's groups);
-//         scales fp16 or fp32 [N, G]: w = q * scale; plain int8 also takes fp32 half-block scales
-//         [N, 2 K/32] (groups of 16 columns, GGUF Q6_K).
+//         scales fp16 or fp32 [N, G]: w = q * scale; plain int8 also takes K-quant scales, half-block
+//         ones (groups of 16 columns, GGUF Q6_K) or ones of blocks of 32 with K-quant mins (w = q *
+//         scale + min, GGUF Q5_K).
 //
 // Few activation rows (decode): every weight row is read once and multiplied with up to MAX_ROWS rows of
 // x. Many rows (prefill): the weight is dequantized in panels of rows and multiplied by the prompt kernel
@@ -167,20 +168,20 @@ at::Tensor table_rows(const Rows& w, const at::Tensor& ids, int64_t N, const cha
 
 // ---------------------------------------------------------------------------------------- ops
 
-// Scales [N, G] fp16 / fp32, or with `packed` (int4) K-quant uint8 ones [N, G / 8 * 10]; the group size
-// K/G a multiple of 32, or with `halves` (plain int8) 16 for fp32 scales.
-void check_scales(const at::Tensor& scales, int64_t N, int64_t K, const char* op, bool packed = false,
+// Scales [N, G] fp16 / fp32, or K-quant uint8 ones [N, G / 8 * 10] (`kquant`: int4, plain int8); the
+// group size K/G a multiple of 32, or with `halves` (plain int8) 16 for K-quant scales.
+void check_scales(const at::Tensor& scales, int64_t N, int64_t K, const char* op, bool kquant = false,
                   bool halves = false) {
   TORCH_CHECK(scales.dim() == 2 && scales.size(0) == N, op, ": scales must be [N, G]");
   const auto st = scales.scalar_type();
-  TORCH_CHECK(st == at::kHalf || st == at::kFloat || (packed && st == at::kByte), op,
-              packed ? ": scales must be float16, float32 or K-quant uint8" : ": scales must be float16 or float32");
+  TORCH_CHECK(st == at::kHalf || st == at::kFloat || (kquant && st == at::kByte), op,
+              kquant ? ": scales must be float16, float32 or K-quant uint8" : ": scales must be float16 or float32");
   TORCH_CHECK(st != at::kByte || scales.size(1) % KSCALE_BYTES == 0, op,
               ": K-quant scales must be uint8 [N, G / 8 * 10] (10 bytes per 8 groups)");
   const int64_t G = scale_groups(scales);
-  if (halves && st == at::kFloat && K % QK == 0 && half_block_scales(scales, K)) return;
+  if (halves && K % QK == 0 && half_block_scales(scales, K)) return;
   TORCH_CHECK(G > 0 && K % G == 0 && (K / G) % QK == 0, op, ": the group size K/G must be a multiple of 32",
-              halves ? " (or 16 with fp32 scales and plain int8 codes)" : "");
+              halves ? " (or 16 with K-quant scales and plain int8 codes)" : "");
 }
 
 void check_x(const at::Tensor& x, int64_t K, const char* op) {
@@ -215,11 +216,21 @@ void check_int4(const at::Tensor& qs, const at::Tensor& scales, const at::Tensor
               op, ": mins must match scales in shape and dtype, or be empty [N, 0] (min = -8 scale)");
 }
 
-void check_int8(const at::Tensor& q, const at::Tensor& scales, const char* op) {
+// int8 codes; mins (undefined or empty for none) only with K-quant scales of blocks of 32 (GGUF Q5_K),
+// which need them.
+void check_int8(const at::Tensor& q, const at::Tensor& scales, const at::Tensor& mins, const char* op) {
   TORCH_CHECK(q.dim() == 2 && (q.scalar_type() == at::kChar || q.scalar_type() == at::kByte) && q.is_contiguous(), op,
               ": q must be a contiguous int8 (plain) or uint8 (grouped) [N, K] tensor");
-  check_scales(scales, q.size(0), q.size(1), op, false, q.scalar_type() == at::kChar);
+  const bool plain = q.scalar_type() == at::kChar;
+  check_scales(scales, q.size(0), q.size(1), op, plain, plain);
+  const bool kquant = scales.scalar_type() == at::kByte, halves = kquant && half_block_scales(scales, q.size(1));
+  const bool has_mins = mins.defined() && mins.numel() > 0;
+  TORCH_CHECK(!has_mins || (kquant && !halves && mins.sizes() == scales.sizes() && mins.scalar_type() == at::kByte), op,
+              ": int8 mins go with K-quant scales of blocks of 32 and match them (uint8 [N, G / 8 * 10])");
+  TORCH_CHECK(has_mins || !kquant || halves, op, ": K-quant int8 scales of blocks of 32 need their mins");
 }
+
+at::Tensor contiguous_or_none(const c10::optional<at::Tensor>& t) { return t.has_value() ? t->contiguous() : at::Tensor(); }
 
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
                        const at::Tensor& mins) {
@@ -235,15 +246,17 @@ at::Tensor int4_rows(const at::Tensor& ids, const at::Tensor& qs, const at::Tens
   return with_int4<Int4Codes>(qs.data_ptr<uint8_t>(), s, m, K, [&](const auto& w) { return table_rows(w, ids, N, "int4_rows"); });
 }
 
-at::Tensor int8_rows(const at::Tensor& ids, const at::Tensor& q, const at::Tensor& scales) {
-  check_int8(q, scales, "int8_rows");
+at::Tensor int8_rows(const at::Tensor& ids, const at::Tensor& q, const at::Tensor& scales,
+                     const c10::optional<at::Tensor>& mins) {
+  const at::Tensor m = contiguous_or_none(mins);
+  check_int8(q, scales, m, "int8_rows");
   const int64_t N = q.size(0), K = q.size(1);
-  return with_int8<Int8Codes>(q, scales.contiguous(), K, [&](const auto& w) { return table_rows(w, ids, N, "int8_rows"); });
+  return with_int8<Int8Codes>(q, scales.contiguous(), m, K, [&](const auto& w) { return table_rows(w, ids, N, "int8_rows"); });
 }
 
-at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales) {
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, const at::Tensor& mins) {
   const int64_t N = q.size(0), K = q.size(1);
-  return with_int8<Int8Codes>(q, scales.contiguous(), K, [&](const auto& w) { return run(x, w, N, K); });
+  return with_int8<Int8Codes>(q, scales.contiguous(), mins, K, [&](const auto& w) { return run(x, w, N, K); });
 }
 
 }  // namespace
@@ -251,7 +264,8 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tenso
 namespace lmforge {  // quant_act_linear.cpp: the same products with integer-rounded activations
 at::Tensor int4_linear_qact(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
                             const at::Tensor& mins, int64_t bits);
-at::Tensor int8_linear_qact(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, int64_t bits);
+at::Tensor int8_linear_qact(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, const at::Tensor& mins,
+                            int64_t bits);
 }  // namespace lmforge
 
 namespace {
@@ -272,20 +286,22 @@ at::Tensor int4_linear_op(const at::Tensor& x, const at::Tensor& qs, const at::T
   return lmforge::int4_linear_qact(x, qs, scales.contiguous(), mins.contiguous(), act_bits);
 }
 
-at::Tensor int8_linear_op(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, int64_t act_bits) {
-  check_int8(q, scales, "int8_linear");
+at::Tensor int8_linear_op(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, int64_t act_bits,
+                          const c10::optional<at::Tensor>& mins) {
+  const at::Tensor m = contiguous_or_none(mins);
+  check_int8(q, scales, m, "int8_linear");
   check_x(x, q.size(1), "int8_linear");
-  if (!rounded_activations(x, act_bits, "int8_linear")) return int8_linear(x, q, scales);
-  return lmforge::int8_linear_qact(x, q, scales.contiguous(), act_bits);
+  if (!rounded_activations(x, act_bits, "int8_linear")) return int8_linear(x, q, scales, m);
+  return lmforge::int8_linear_qact(x, q, scales.contiguous(), m, act_bits);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(lmforge, m) {
   m.def("int4_linear(Tensor x, Tensor qs, Tensor scales, Tensor mins, int act_bits=32) -> Tensor");
-  m.def("int8_linear(Tensor x, Tensor q, Tensor scales, int act_bits=32) -> Tensor");
+  m.def("int8_linear(Tensor x, Tensor q, Tensor scales, int act_bits=32, Tensor? mins=None) -> Tensor");
   m.def("int4_rows(Tensor ids, Tensor qs, Tensor scales, Tensor mins) -> Tensor");
-  m.def("int8_rows(Tensor ids, Tensor q, Tensor scales) -> Tensor");
+  m.def("int8_rows(Tensor ids, Tensor q, Tensor scales, Tensor? mins=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmforge, CPU, m) {

@@ -151,9 +151,10 @@ inline __m256 load8(const KScales& p) {
   const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s))));
   return _mm256_mul_ps(q, _mm256_set1_ps(to_float(d)));
 }
-// Half-block scales (GGUF Q6_K at load; plain int8 only): fp32 [N, 2 K/32], one per 16 columns, for
-// the scale type S of Int8Layout<HalfScale>.
-struct HalfScale {};
+// K-quant half-block scales (GGUF Q6_K at load; plain int8 only): KScales of one scale per 16 columns
+// (G = 2 K/32), for the scale type S of Int8Layout<KHalfScale>. (Int8Layout<KScale> is the other K-quant
+// int8 layout, one scale and one min per block: GGUF Q5_K.)
+struct KHalfScale {};
 template <typename S>
 struct ScalePtr {
   using type = const S*;
@@ -163,8 +164,8 @@ struct ScalePtr<KScale> {
   using type = KScales;
 };
 template <>
-struct ScalePtr<HalfScale> {
-  using type = const float*;
+struct ScalePtr<KHalfScale> {
+  using type = KScales;
 };
 
 // int4: mins may be null (symmetric codes, GGUF Q4_0): then min = -8 * scale.
@@ -183,21 +184,26 @@ struct Int4Layout {
 };
 
 // int8: C = int8_t for the plain layout (column order), uint8_t for the grouped one (codes + 128, blocks
-// 0 .. grouped() - 1 in interleaved groups of GROUP, the rest in column order). S = HalfScale: two scales
-// per block (HALF; G = 2 K/32), columns 0-15 and 16-31, plain only.
+// 0 .. grouped() - 1 in interleaved groups of GROUP, the rest in column order). K-quant scales, plain
+// only: S = KHalfScale, two scales per block (HALF; G = 2 K/32), columns 0-15 and 16-31 (GGUF Q6_K);
+// S = KScale, a scale and a min per block (HAS_MIN: w = q * scale + min; GGUF Q5_K).
 template <typename S, typename C = int8_t>
 struct Int8Layout {
-  static constexpr bool HAS_MIN = false, HALF = std::is_same_v<S, HalfScale>;
-  static_assert(!HALF || std::is_same_v<C, int8_t>, "half-block scales are for the plain int8 layout");
+  static constexpr bool HAS_MIN = std::is_same_v<S, KScale>, HALF = std::is_same_v<S, KHalfScale>;
+  static_assert(!(HALF || HAS_MIN) || std::is_same_v<C, int8_t>, "K-quant scales are for the plain int8 layout");
   static constexpr int64_t BLOCK_BYTES = QK;
   static constexpr int64_t GROUP_BYTES = GROUP * BLOCK_BYTES;
   const C* q;
   typename ScalePtr<S>::type scales;
   int64_t K, G;
+  typename ScalePtr<S>::type mins{};  // HAS_MIN only
   const C* row(int64_t r) const { return q + r * K; }
   int64_t grouped() const { return std::is_same_v<C, uint8_t> ? grouped_blocks(K) : 0; }
   float scale(int64_t r, int64_t g) const { return to_float(scales[r * G + g]); }
-  float min(int64_t, int64_t) const { return 0.f; }
+  float min(int64_t r, int64_t g) const {
+    if constexpr (HAS_MIN) return to_float(mins[r * G + g]);
+    return 0.f;
+  }
 };
 
 // fp32 decoders of the layouts (quant_linear.cpp's products at fp32 activations, and table rows): the 8
