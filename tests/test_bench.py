@@ -248,6 +248,20 @@ def test_bench_random_prompt_without_roofline(capsys, tmp_path, monkeypatch, sto
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize("script,needle", [
+    ("import os, signal; os.kill(os.getpid(), signal.SIGILL)", "crashed with SIGILL in a test run: the llama-cpp"),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "crashed with SIGSEGV in a test run"),
+    ("import sys; sys.exit('llama_load_model_from_file: failed to load model')", "failed in a test run (llama_load"),
+    ("import sys; assert sys.argv[1].endswith('m.gguf') and sys.argv[2] == '3'", None),
+])
+def test_llamacpp_probe_names_a_crash(monkeypatch, tmp_path, script, needle):
+    """--compare llamacpp first runs llama.cpp in a child process, so that a build that crashes on this
+    machine (SIGILL from AMX in a VM) is named and skipped instead of killing the bench and its results."""
+    monkeypatch.setattr(runner, "LLAMACPP_PROBE", script)
+    failure = runner.llamacpp_probe(tmp_path / "m.gguf", 3)
+    assert failure is None if needle is None else needle in failure
+
+
 def test_markdown_marks_baseline_speedup():
     r = {"backend": "hf", "case": {"label": "b1 pp8 tg8"}, "memory": {"peak_rss_bytes": 1 << 20},
          "metrics": metrics.case_metrics([Timing(0.0, 0.3, (0.1, 0.2, 0.3))], 1, 8, 3, 100, 1, None),

@@ -10,6 +10,8 @@ from __future__ import annotations
 import gc
 import itertools
 import resource
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -339,6 +341,39 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split(".")[:2] if p.isdigit())
 
 
+# A child process loads the file in llama.cpp and generates two tokens after an 8-token prompt: a
+# llama-cpp-python build that crashes here (SIGILL from instructions the CPU or VM does not run, e.g.
+# AMX tiles in a VM that does not give them; a segfault) would otherwise take lmforge's results with it.
+LLAMACPP_PROBE = """
+import sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=64, n_threads=int(sys.argv[2]), n_batch=64, verbose=False)
+for i, _ in enumerate(llm.generate(list(range(1, 9)), temp=0.0, top_k=1)):
+    if i == 1:
+        break
+"""
+PROBE_TIMEOUT_S = 600
+
+
+def llamacpp_probe(path: Path, threads: int) -> str | None:
+    """Why llama.cpp cannot run the file here (its test run in a child process crashed or failed), or
+    None when it ran."""
+    try:
+        r = subprocess.run([sys.executable, "-c", LLAMACPP_PROBE, str(path), str(threads)], capture_output=True,
+                           text=True, timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"llama.cpp generated no token within {PROBE_TIMEOUT_S} s in a test run"
+    if r.returncode < 0:
+        name = signal.Signals(-r.returncode).name
+        hint = (": the llama-cpp-python build uses instructions this CPU (or VM) does not run; rebuild it for "
+                "this machine, without GGML_NATIVE and with the features it has (e.g. AMX off)") if name == "SIGILL" else ""
+        return f"llama.cpp crashed with {name} in a test run{hint}"
+    if r.returncode:
+        last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+        return f"llama.cpp failed in a test run ({last})"
+    return None
+
+
 def llamacpp_notice(llm) -> str | None:
     """Why --compare llamacpp cannot run here, or None when it can."""
     from ..loader import is_gguf
@@ -347,9 +382,11 @@ def llamacpp_notice(llm) -> str | None:
         import llama_cpp  # noqa: F401
     except ImportError:
         return "--compare llamacpp skipped: llama-cpp-python is not installed (pip install llama-cpp-python)"
-    if not is_gguf(Path(llm.source.path)):
+    path = Path(llm.source.path)
+    if not is_gguf(path):
         return "--compare llamacpp skipped: the model is not a .gguf file"
-    return None
+    failure = llamacpp_probe(path, torch.get_num_threads())
+    return None if failure is None else f"--compare llamacpp skipped: {failure}"
 
 
 # ------------------------------------------------------------------------------------- running
