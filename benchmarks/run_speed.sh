@@ -3,7 +3,7 @@
 # default model's Q4_1 blocks with each activation mode (--act-bits 32 / 16 / 8) beside llama.cpp, its
 # Q8_0 twin (requantize_gguf.py) beside llama.cpp, the default model in fp32 (dequantized) and int8 (RTN
 # at load, fp32 head), and a TinyLlama-1.1B-shaped random GGUF
-# in Q4_0, Q4_K and F32, each beside llama.cpp (llama-cpp-python, when installed) on the same file.
+# in Q4_0, Q4_K, Q4_K_M, Q5_K_M, Q6_K and F32, each beside llama.cpp (llama-cpp-python, when installed) on the same file.
 # Run on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,7 @@ lmforge bench -m smollm2-135m-instruct --dequantize -p 32 "${common[@]}" \
 lmforge bench -m smollm2-135m-instruct --quantize int8 -p 32 "${common[@]}" \
   --output-json "benchmarks/results/speed-${stamp}-int8.json" | tee "benchmarks/results/speed-${stamp}-int8.md"
 
-for type in Q4_0 Q4_K Q4_K_M F32; do  # the GGUF types with the default --act-bits 16
+for type in Q4_0 Q4_K Q4_K_M Q5_K_M Q6_K F32; do  # the GGUF types with the default --act-bits 16
   model="$tmp/tinyllama-1.1b-random-${type}.gguf"
   [ -f "$model" ] || python benchmarks/make_tinyllama_gguf.py --type "$type" --out "$model"
   lmforge bench -m "$model" --random-prompt -p 32 --max-new-tokens 32 --num-iter 2 --num-warmup 1 --greedy \

@@ -145,8 +145,8 @@ def test_int8_half_block_scales(native, act_bits, M, N, K):
         assert_matches_reference(y, x @ w.T)
     ids = torch.tensor([0, N - 1, N // 2])
     assert torch.equal(kernels.int8_rows(ids, q, s), w[ids])
-    with pytest.raises(RuntimeError, match="scales must be float16 or float32"):
-        kernels.int8_linear(x, reference.pack_int8_groups(q), s, act_bits)  # K-quant scales: plain int8 only
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        kernels.int8_linear(x, reference.pack_int8_groups(q), s, act_bits)  # half-block scales: plain int8 only
     with pytest.raises(RuntimeError, match="multiple of 32"):
         kernels.int8_linear(x, q, reference.block_values(s).half(), act_bits)  # fp16: groups of 32 or more
 
@@ -154,8 +154,9 @@ def test_int8_half_block_scales(native, act_bits, M, N, K):
 @pytest.mark.parametrize("act_bits", [32, 16, 8])
 @pytest.mark.parametrize("M,N,K", [(M, N, K // 128 * 256) for M, N, K in K_INT8_SHAPES])  # whole records of 8 blocks
 def test_int8_k_quant_mins(native, act_bits, M, N, K):
-    """Plain int8 codes 0..31 with K-quant scales and mins per block of 32 (GGUF Q5_K at load), w = q *
-    scale + min, in every path: the reference's result, whose mins multiply the exact block sums of x."""
+    """int8 codes 0..31 with K-quant scales and mins per block of 32 (GGUF Q5_K at load), w = q * scale +
+    min, plain and grouped, in every path: the reference's result, whose mins multiply the exact block
+    sums of x."""
     g = torch.Generator().manual_seed(M * 5 + N)
     x = torch.randn(M, K, generator=g)
     q = torch.randint(0, 32, (N, K), dtype=torch.int8, generator=g)
@@ -164,13 +165,14 @@ def test_int8_k_quant_mins(native, act_bits, M, N, K):
     m = reference.pack_k_scales(-torch.rand(N, G // 8, generator=g) * 1e-3, torch.randint(0, 64, (N, G), generator=g))
     w = q.float() * reference.block_values(s).repeat_interleave(32, dim=1) + reference.block_values(m).repeat_interleave(32, dim=1)
     assert torch.equal(reference.dequantize_int8_blocks(q, s, m), w)
-    y = kernels.int8_linear(x, q, s, act_bits, m)
-    assert_matches_reference(y, reference.int8_linear(x, q, s, act_bits, m))
-    if act_bits == 32:
-        assert_matches_reference(y, x @ w.T)
     ids = torch.tensor([0, N - 1, N // 2])
-    assert torch.equal(kernels.int8_rows(ids, q, s, m), w[ids])
-    assert torch.equal(reference.int8_rows(ids, q, s, m), w[ids])
+    for layout in (q, reference.pack_int8_groups(q)):  # plain, and grouped (where the kernels have VNNI)
+        y = kernels.int8_linear(x, layout, s, act_bits, m)
+        assert_matches_reference(y, reference.int8_linear(x, layout, s, act_bits, m))
+        if act_bits == 32:
+            assert_matches_reference(y, x @ w.T)
+        assert torch.equal(kernels.int8_rows(ids, layout, s, m), w[ids])
+        assert torch.equal(reference.int8_rows(ids, layout, s, m), w[ids])
     with pytest.raises(RuntimeError, match="need their mins"):
         kernels.int8_linear(x, q, s, act_bits)
     with pytest.raises(RuntimeError, match="int8 mins go with K-quant scales"):
@@ -544,8 +546,9 @@ def test_repack_gguf_q5_k_is_exact():
     blocks[..., 2:4] = np.frombuffer(np.float16(1e-3).tobytes(), np.uint8)  # dmin
     raw = torch.from_numpy(blocks.reshape(9, -1))
     expected = torch.from_numpy(quants.dequantize(raw.numpy(), GGMLQuantizationType.Q5_K)).reshape(9, 768)
-    q, s, m = kernels.repack_gguf_q5_k(raw, rows=4)
+    q, s, m = kernels.repack_gguf_q5_k(raw, rows=4, grouped=False)
     assert q.dtype == torch.int8 and s.dtype == m.dtype == torch.uint8 and s.shape == m.shape == (9, 30)
+    assert torch.equal(kernels.repack_gguf_q5_k(raw, grouped=True)[0], reference.pack_int8_groups(q))
     assert int(q.min()) == 0 and int(q.max()) == 31
     assert torch.equal(reference.dequantize_int8_blocks(q, s, m), expected)
     x = torch.randn(3, 768)

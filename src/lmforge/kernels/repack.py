@@ -138,10 +138,12 @@ def repack_gguf_q6_k(raw: torch.Tensor, rows: int = 2048) -> tuple[torch.Tensor,
     return q, scales
 
 
-def repack_gguf_q5_k(raw: torch.Tensor, rows: int = 2048) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """GGUF Q5_K bytes -> (q int8 [N, K] plain, codes 0..31; scales, mins K-quant uint8 [N, K/256 * 10]):
-    each 32-weight sub-block a block of int8 codes with scale d * sc and min -dmin * m (the same weights,
-    see the module docstring). `rows` rows at a time, so that the unpacked codes stay small."""
+def repack_gguf_q5_k(raw: torch.Tensor, rows: int = 2048, grouped: bool | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GGUF Q5_K bytes -> (q, codes 0..31 in the int8 layout of repack_gguf_q8_0; scales, mins K-quant
+    uint8 [N, K/256 * 10]): each 32-weight sub-block a block of int8 codes with scale d * sc and min
+    -dmin * m (the same weights, see the module docstring). `rows` rows at a time, so that the unpacked
+    codes stay small."""
     raw = torch.as_tensor(raw)
     if raw.dtype != torch.uint8 or raw.dim() != 2 or raw.shape[1] % Q5_K_BYTES:
         raise ValueError(f"Q5_K data must be uint8 [N, K/256 * {Q5_K_BYTES}], got {raw.dtype} {tuple(raw.shape)}")
@@ -162,7 +164,7 @@ def repack_gguf_q5_k(raw: torch.Tensor, rows: int = 2048) -> tuple[torch.Tensor,
         low = torch.cat((nib & 0x0F, nib >> 4), dim=3)                         # [n, nsuper, c, h, l]
         bit = torch.arange(8, dtype=torch.uint8).reshape(4, 2, 1)              # bit 2c + h of qh byte l
         q[r0:r0 + n] = (low | (((qh >> bit) & 1) << 4)).to(torch.int8).reshape(n, -1)
-    return q, scales, mins
+    return _int8_layout(q, grouped), scales, mins
 
 
 def repack_gguf_q8_0(raw: torch.Tensor, grouped: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -272,9 +272,9 @@ class BlockInt8Linear(QuantLinear):
     """int8 with one scale per group of input columns (GGUF Q8_0 / Q5_0 at load: groups of 32), the native
     kernels' layout: ``q`` uint8 [N, K] grouped (codes + 128, interleaved per 8 blocks, see
     lmforge.kernels; where the kernels have VNNI) or int8 [N, K] plain, ``scales`` [N, G] float16 or
-    float32, w = q * scale. Plain int8 also takes K-quant scales (``scale_dtype`` uint8, [N, G/8 * 10]):
-    half-block ones with ``group_size=16`` (GGUF Q6_K at load), or ones of blocks of 32 with K-quant
-    ``mins`` (``with_mins``: w = q * scale + min, GGUF Q5_K at load). ``mins`` is empty [N, 0] otherwise."""
+    float32, w = q * scale. It also takes K-quant scales (``scale_dtype`` uint8, [N, G/8 * 10]): ones of
+    blocks of 32 with K-quant ``mins`` (``with_mins``: w = q * scale + min, GGUF Q5_K at load), and, plain
+    only, half-block ones with ``group_size=16`` (GGUF Q6_K at load). ``mins`` is empty [N, 0] otherwise."""
     format = "q8"
     weight_names = ("q", "scales", "mins")
 

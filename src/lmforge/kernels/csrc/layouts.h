@@ -32,15 +32,18 @@ inline bool half_block_scales(const at::Tensor& s, int64_t K) {
 }
 
 // f(layout) with the int8 layout L<S, C> of codes q [N, K] (C = int8_t plain, uint8_t grouped) and
-// scales [N, G] (S = at::Half, float; plain codes also K-quant uint8 scales: KHalfScale for half-block
-// ones, KScale with K-quant mins m, which are empty or undefined for every other layout).
+// scales [N, G] (S = at::Half, float; K-quant uint8 scales: KScale with K-quant mins m, either layout,
+// or KHalfScale for half-block ones, plain only; m is empty or undefined for every layout but KScale).
 template <template <typename, typename> class L, typename F>
 auto with_int8(const at::Tensor& q, const at::Tensor& s, const at::Tensor& m, int64_t K, F&& f) {
   const int64_t G = scale_groups(s);
   if (q.scalar_type() == at::kByte) {
     const uint8_t* p = q.data_ptr<uint8_t>();
-    if (s.scalar_type() == at::kHalf) return f(L<at::Half, uint8_t>{{p, s.data_ptr<at::Half>(), K, G}});
-    return f(L<float, uint8_t>{{p, s.data_ptr<float>(), K, G}});
+    switch (s.scalar_type()) {
+      case at::kHalf: return f(L<at::Half, uint8_t>{{p, s.data_ptr<at::Half>(), K, G}});
+      case at::kByte: return f(L<KScale, uint8_t>{{p, KScales{s.data_ptr<uint8_t>()}, K, G, KScales{m.data_ptr<uint8_t>()}}});
+      default: return f(L<float, uint8_t>{{p, s.data_ptr<float>(), K, G}});
+    }
   }
   const int8_t* p = q.data_ptr<int8_t>();
   switch (s.scalar_type()) {

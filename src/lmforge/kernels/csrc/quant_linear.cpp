@@ -168,14 +168,13 @@ at::Tensor table_rows(const Rows& w, const at::Tensor& ids, int64_t N, const cha
 
 // ---------------------------------------------------------------------------------------- ops
 
-// Scales [N, G] fp16 / fp32, or K-quant uint8 ones [N, G / 8 * 10] (`kquant`: int4, plain int8); the
-// group size K/G a multiple of 32, or with `halves` (plain int8) 16 for K-quant scales.
-void check_scales(const at::Tensor& scales, int64_t N, int64_t K, const char* op, bool kquant = false,
-                  bool halves = false) {
+// Scales [N, G] fp16 / fp32, or K-quant uint8 ones [N, G / 8 * 10]; the group size K/G a multiple of
+// 32, or with `halves` (plain int8) 16 for K-quant scales.
+void check_scales(const at::Tensor& scales, int64_t N, int64_t K, const char* op, bool halves = false) {
   TORCH_CHECK(scales.dim() == 2 && scales.size(0) == N, op, ": scales must be [N, G]");
   const auto st = scales.scalar_type();
-  TORCH_CHECK(st == at::kHalf || st == at::kFloat || (kquant && st == at::kByte), op,
-              kquant ? ": scales must be float16, float32 or K-quant uint8" : ": scales must be float16 or float32");
+  TORCH_CHECK(st == at::kHalf || st == at::kFloat || st == at::kByte, op,
+              ": scales must be float16, float32 or K-quant uint8");
   TORCH_CHECK(st != at::kByte || scales.size(1) % KSCALE_BYTES == 0, op,
               ": K-quant scales must be uint8 [N, G / 8 * 10] (10 bytes per 8 groups)");
   const int64_t G = scale_groups(scales);
@@ -210,20 +209,20 @@ at::Tensor run(const at::Tensor& x, const Rows& w, int64_t N, int64_t bytes_per_
 void check_int4(const at::Tensor& qs, const at::Tensor& scales, const at::Tensor& mins, const char* op) {
   TORCH_CHECK(qs.dim() == 2 && qs.scalar_type() == at::kByte && qs.is_contiguous(), op,
               ": qs must be a contiguous uint8 [N, K/2] tensor");
-  check_scales(scales, qs.size(0), qs.size(1) * 2, op, true);
+  check_scales(scales, qs.size(0), qs.size(1) * 2, op);
   TORCH_CHECK((mins.sizes() == scales.sizes() || (mins.dim() == 2 && mins.size(0) == scales.size(0) && mins.size(1) == 0)) &&
                   mins.scalar_type() == scales.scalar_type(),
               op, ": mins must match scales in shape and dtype, or be empty [N, 0] (min = -8 scale)");
 }
 
 // int8 codes; mins (undefined or empty for none) only with K-quant scales of blocks of 32 (GGUF Q5_K),
-// which need them.
+// which need them; half-block scales with plain codes only.
 void check_int8(const at::Tensor& q, const at::Tensor& scales, const at::Tensor& mins, const char* op) {
   TORCH_CHECK(q.dim() == 2 && (q.scalar_type() == at::kChar || q.scalar_type() == at::kByte) && q.is_contiguous(), op,
               ": q must be a contiguous int8 (plain) or uint8 (grouped) [N, K] tensor");
   const bool plain = q.scalar_type() == at::kChar;
-  check_scales(scales, q.size(0), q.size(1), op, plain, plain);
-  const bool kquant = scales.scalar_type() == at::kByte, halves = kquant && half_block_scales(scales, q.size(1));
+  check_scales(scales, q.size(0), q.size(1), op, plain);
+  const bool kquant = scales.scalar_type() == at::kByte, halves = plain && half_block_scales(scales, q.size(1));
   const bool has_mins = mins.defined() && mins.numel() > 0;
   TORCH_CHECK(!has_mins || (kquant && !halves && mins.sizes() == scales.sizes() && mins.scalar_type() == at::kByte), op,
               ": int8 mins go with K-quant scales of blocks of 32 and match them (uint8 [N, G / 8 * 10])");
