@@ -220,8 +220,9 @@ def test_native_blocks_match_their_definition(qtype, kind, tmp_path):
     if qtype == Q.Q5_K:  # int8 codes 0..31 (plain, or grouped with VNNI), K-quant scales and mins per 32 columns
         assert linears[0].scales.dtype == linears[0].mins.dtype == torch.uint8
         assert linears[0].mins.shape == linears[0].scales.shape == (linears[0].out_features, linears[0].in_features // 256 * 10)
-    if qtype == Q.Q6_K:  # plain int8 codes, K-quant scales per 16 columns (two records of 10 bytes per 256)
-        assert linears[0].q.dtype == torch.int8 and linears[0].scales.dtype == torch.uint8
+    if qtype == Q.Q6_K:  # int8 codes (plain, or grouped with VNNI), K-quant scales per 16 columns (two
+        # records of 10 bytes per 256)
+        assert linears[0].scales.dtype == torch.uint8
         assert linears[0].scales.shape[1] == linears[0].in_features // 128 * 10 and linears[0].mins.numel() == 0
     x = ids(16, native.config.vocab_size, 1)
     ours, ref = native.score(x), floats.score(x)

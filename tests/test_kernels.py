@@ -126,9 +126,9 @@ K_INT8_SHAPES = [(1, 64, 128), (1, 11, 640), (2, 19, 512), (3, 37, 384), (4, 9, 
 @pytest.mark.parametrize("act_bits", [32, 16, 8])
 @pytest.mark.parametrize("M,N,K", K_INT8_SHAPES)
 def test_int8_half_block_scales(native, act_bits, M, N, K):
-    """Plain int8 with K-quant scales per 16 columns (GGUF Q6_K at load) in every path (tiles at 1-4 rows
-    of x, panels and the dequantized GEMM past them, table rows): the reference's result. Multipliers
-    that differ 10-fold between a block's halves catch a half taking the other's scale."""
+    """int8 with K-quant scales per 16 columns (GGUF Q6_K at load), plain and grouped, in every path (tiles
+    at 1-4 rows of x, panels and the dequantized GEMM past them, table rows): the reference's result.
+    Multipliers that differ 10-fold between a block's halves catch a half taking the other's scale."""
     g = torch.Generator().manual_seed(M * 7 + N)
     x = torch.randn(M, K, generator=g)
     q = torch.randint(-32, 33, (N, K), dtype=torch.int8, generator=g)
@@ -145,8 +145,10 @@ def test_int8_half_block_scales(native, act_bits, M, N, K):
         assert_matches_reference(y, x @ w.T)
     ids = torch.tensor([0, N - 1, N // 2])
     assert torch.equal(kernels.int8_rows(ids, q, s), w[ids])
-    with pytest.raises(RuntimeError, match="multiple of 32"):
-        kernels.int8_linear(x, reference.pack_int8_groups(q), s, act_bits)  # half-block scales: plain int8 only
+    grouped = reference.pack_int8_groups(q)  # the grouped tiles sum each block's halves apart
+    y = kernels.int8_linear(x, grouped, s, act_bits)
+    assert_matches_reference(y, reference.int8_linear(x, grouped, s, act_bits))
+    assert torch.equal(kernels.int8_rows(ids, grouped, s), w[ids])
     with pytest.raises(RuntimeError, match="multiple of 32"):
         kernels.int8_linear(x, q, reference.block_values(s).half(), act_bits)  # fp16: groups of 32 or more
 
@@ -525,7 +527,7 @@ def test_repack_gguf_q6_k_is_exact():
     blocks[..., 208:210] = d[..., None].view(np.uint8)
     raw = torch.from_numpy(blocks.reshape(9, -1))
     expected = torch.from_numpy(quants.dequantize(raw.numpy(), GGMLQuantizationType.Q6_K)).reshape(9, 768)
-    q, s = kernels.repack_gguf_q6_k(raw, rows=4)  # in pieces of 4 rows: the last one short
+    q, s = kernels.repack_gguf_q6_k(raw, rows=4, grouped=False)  # in pieces of 4 rows: the last one short
     assert q.dtype == torch.int8 and s.dtype == torch.uint8 and s.shape == (9, 60)
     assert int(q.min()) == -32 and int(q.max()) == 32
     assert torch.equal(reference.dequantize_int8_blocks(q, s), expected)

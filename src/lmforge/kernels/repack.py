@@ -108,17 +108,19 @@ def repack_gguf_q4_k(raw: torch.Tensor, rows: int = 2048) -> tuple[torch.Tensor,
     return qs, scales, mins
 
 
-def repack_gguf_q6_k(raw: torch.Tensor, rows: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """GGUF Q6_K bytes -> (q int8 [N, K] plain, K-quant half-block scales uint8 [N, K/128 * 10]): the
-    codes q - 32 and one scale d * sc per 16 columns (the same weights, see the module docstring), the
-    sign of d * sc moved onto the codes so that the scale is |d| * |sc| (``reference.pack_k_scales``
-    with one record per 8 half blocks). Always the plain int8 layout, the one whose kernels take
-    K-quant scales. `rows` rows at a time, so that the unpacked codes stay small."""
+def repack_gguf_q6_k(raw: torch.Tensor, rows: int = 2048, grouped: bool | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """GGUF Q6_K bytes -> (q in the int8 layout of repack_gguf_q8_0, K-quant half-block scales uint8
+    [N, K/128 * 10]): the codes q - 32 and one scale d * sc per 16 columns (the same weights, see the
+    module docstring), the sign of d * sc moved onto the codes so that the scale is |d| * |sc|
+    (``reference.pack_k_scales`` with one record per 8 half blocks). `rows` rows at a time, so that the
+    unpacked codes stay small."""
     raw = torch.as_tensor(raw)
     if raw.dtype != torch.uint8 or raw.dim() != 2 or raw.shape[1] % Q6_K_BYTES:
         raise ValueError(f"Q6_K data must be uint8 [N, K/256 * {Q6_K_BYTES}], got {raw.dtype} {tuple(raw.shape)}")
     N, nsuper = raw.shape[0], raw.shape[1] // Q6_K_BYTES
-    q = torch.empty(N, nsuper * QK_K, dtype=torch.int8)
+    grouped = _grouped(grouped)
+    q = torch.empty(N, nsuper * QK_K, dtype=torch.uint8 if grouped else torch.int8)
     scales = torch.empty(N, nsuper * 2 * KSCALE_BYTES, dtype=torch.uint8)
     for r0 in range(0, N, rows):
         blocks = raw[r0:r0 + rows].reshape(-1, nsuper, Q6_K_BYTES)
@@ -132,7 +134,7 @@ def repack_gguf_q6_k(raw: torch.Tensor, rows: int = 2048) -> tuple[torch.Tensor,
         d = blocks[..., 208:210].contiguous().view(torch.float16)               # [n, nsuper, 1]
         negative = (sc < 0) ^ (d < 0)                                            # the sign of d * sc
         codes = torch.where(negative[..., None], -codes, codes)                  # -32..32
-        q[r0:r0 + n] = codes.to(torch.int8).reshape(n, -1)
+        q[r0:r0 + n] = _int8_layout(codes.to(torch.int8).reshape(n, -1), grouped)
         steps = d.abs().reshape(n, nsuper).repeat_interleave(2, dim=1)           # one per record of 8
         scales[r0:r0 + n] = pack_k_scales(steps, sc.abs().reshape(n, -1))
     return q, scales
@@ -148,7 +150,8 @@ def repack_gguf_q5_k(raw: torch.Tensor, rows: int = 2048, grouped: bool | None =
     if raw.dtype != torch.uint8 or raw.dim() != 2 or raw.shape[1] % Q5_K_BYTES:
         raise ValueError(f"Q5_K data must be uint8 [N, K/256 * {Q5_K_BYTES}], got {raw.dtype} {tuple(raw.shape)}")
     N, nsuper = raw.shape[0], raw.shape[1] // Q5_K_BYTES
-    q = torch.empty(N, nsuper * QK_K, dtype=torch.int8)
+    grouped = _grouped(grouped)
+    q = torch.empty(N, nsuper * QK_K, dtype=torch.uint8 if grouped else torch.int8)
     scales = torch.empty(N, nsuper * KSCALE_BYTES, dtype=torch.uint8)
     mins = torch.empty_like(scales)
     for r0 in range(0, N, rows):
@@ -163,8 +166,8 @@ def repack_gguf_q5_k(raw: torch.Tensor, rows: int = 2048, grouped: bool | None =
         nib = blocks[..., 48:].reshape(n, nsuper, 4, 1, 32)                    # chunk c: low nibbles, then high
         low = torch.cat((nib & 0x0F, nib >> 4), dim=3)                         # [n, nsuper, c, h, l]
         bit = torch.arange(8, dtype=torch.uint8).reshape(4, 2, 1)              # bit 2c + h of qh byte l
-        q[r0:r0 + n] = (low | (((qh >> bit) & 1) << 4)).to(torch.int8).reshape(n, -1)
-    return _int8_layout(q, grouped), scales, mins
+        q[r0:r0 + n] = _int8_layout((low | (((qh >> bit) & 1) << 4)).to(torch.int8).reshape(n, -1), grouped)
+    return q, scales, mins
 
 
 def repack_gguf_q8_0(raw: torch.Tensor, grouped: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,14 +192,19 @@ def repack_gguf_q5_0(raw: torch.Tensor, grouped: bool | None = None) -> tuple[to
     return _int8_layout(q.to(torch.int8).reshape(blocks.shape[0], -1), grouped), _fp16(blocks, 0).contiguous()
 
 
-def _int8_layout(q: torch.Tensor, grouped: bool | None) -> torch.Tensor:
-    """int8 codes [N, K] in column order -> the kernels' grouped (uint8) or plain (int8) int8 layout."""
+def _grouped(grouped: bool | None) -> bool:
+    """The int8 layout to repack into: grouped where asked, by default where the native kernels have VNNI."""
     if grouped is None:
         from . import backend
         from .build import builds_vnni
 
         grouped = backend() == "native" and builds_vnni()
-    return (pack_int8_groups(q) if grouped else q).contiguous()
+    return grouped
+
+
+def _int8_layout(q: torch.Tensor, grouped: bool | None) -> torch.Tensor:
+    """int8 codes [N, K] in column order -> the kernels' grouped (uint8) or plain (int8) int8 layout."""
+    return (pack_int8_groups(q) if _grouped(grouped) else q).contiguous()
 
 
 def repack_int4(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor

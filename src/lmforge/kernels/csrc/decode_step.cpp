@@ -325,15 +325,14 @@ class DecodePlan : public torch::CustomClassHolder {
                   "DecodePlan: bad ", format, " codes");
       l.N = l.w.size(0);
       l.K = int4 ? l.w.size(1) * 2 : l.w.size(1);
-      const bool plain = !int4 && l.w.scalar_type() == at::kChar;  // plain int8 also takes half-block scales
       const auto st = l.scales.scalar_type();
       TORCH_CHECK(l.scales.dim() == 2 && l.scales.size(0) == l.N && (st == at::kHalf || st == at::kFloat ||
                                                                     (st == at::kByte && l.scales.size(1) % KSCALE_BYTES == 0)),
                   "DecodePlan: scales must be fp16 or fp32 [N, G], or K-quant uint8 [N, G / 8 * 10]");
       l.G = scale_groups(l.scales);
-      const bool halves = plain && half_block_scales(l.scales, l.K);
+      const bool halves = !int4 && half_block_scales(l.scales, l.K);
       TORCH_CHECK(l.K % QK == 0 && (halves || (l.K % l.G == 0 && (l.K / l.G) % QK == 0)),
-                  "DecodePlan: groups must be multiples of 32 columns (or 16, K-quant scales of plain int8 codes)");
+                  "DecodePlan: groups must be multiples of 32 columns (or 16, K-quant scales of int8 codes)");
       const bool has_mins = l.mins.defined() && l.mins.numel() > 0;
       if (int4) {
         TORCH_CHECK((l.mins.sizes() == l.scales.sizes() || (l.mins.dim() == 2 && l.mins.size(0) == l.N && l.mins.size(1) == 0)) &&

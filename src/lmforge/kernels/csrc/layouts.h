@@ -32,8 +32,8 @@ inline bool half_block_scales(const at::Tensor& s, int64_t K) {
 }
 
 // f(layout) with the int8 layout L<S, C> of codes q [N, K] (C = int8_t plain, uint8_t grouped) and
-// scales [N, G] (S = at::Half, float; K-quant uint8 scales: KScale with K-quant mins m, either layout,
-// or KHalfScale for half-block ones, plain only; m is empty or undefined for every layout but KScale).
+// scales [N, G] (S = at::Half, float; K-quant uint8 scales: KScale with K-quant mins m, KHalfScale for
+// half-block ones; m is empty or undefined for every layout but KScale).
 template <template <typename, typename> class L, typename F>
 auto with_int8(const at::Tensor& q, const at::Tensor& s, const at::Tensor& m, int64_t K, F&& f) {
   const int64_t G = scale_groups(s);
@@ -41,7 +41,11 @@ auto with_int8(const at::Tensor& q, const at::Tensor& s, const at::Tensor& m, in
     const uint8_t* p = q.data_ptr<uint8_t>();
     switch (s.scalar_type()) {
       case at::kHalf: return f(L<at::Half, uint8_t>{{p, s.data_ptr<at::Half>(), K, G}});
-      case at::kByte: return f(L<KScale, uint8_t>{{p, KScales{s.data_ptr<uint8_t>()}, K, G, KScales{m.data_ptr<uint8_t>()}}});
+      case at::kByte: {
+        const KScales scales{s.data_ptr<uint8_t>()};
+        if (m.defined() && m.numel()) return f(L<KScale, uint8_t>{{p, scales, K, G, KScales{m.data_ptr<uint8_t>()}}});
+        return f(L<KHalfScale, uint8_t>{{p, scales, K, G}});
+      }
       default: return f(L<float, uint8_t>{{p, s.data_ptr<float>(), K, G}});
     }
   }

@@ -34,6 +34,7 @@ struct QRow {
   const int16_t* c;
   const float *d, *sums;
   const int32_t* csum;  // [K/32] the integer sums of a block's codes: of a, or with two planes of c
+  const int32_t* csum_lo;  // [K/32] the same of each block's first 16 codes (half-block scales)
 };
 
 // Transposes 8 x 8 32-bit words: r[i] lane j <- r[j] lane i.
@@ -98,11 +99,11 @@ inline void interleave_group512(int16_t* c) {
     for (int v = 0; v < 8; ++v) std::memcpy(c + 32 * v + 4 * j, &words[8 * j + v], 8);
 }
 
-// Round x [K] into a (and with two planes b and c), d, sums and csum. With two planes the integer sum of a
-// block is q . (254 a + b) = 254 (q . a) + (q . b), exact in int32, and d is stored as d / 254. The
-// first `grouped` blocks of a and b are interleaved per 8 (grouped weights; 0 for plain int8).
+// Round x [K] into a (and with two planes b and c), d, sums, csum and csum_lo. With two planes the
+// integer sum of a block is q . (254 a + b) = 254 (q . a) + (q . b), exact in int32, and d is stored as
+// d / 254. The first `grouped` blocks of a and b are interleaved per 8 (grouped weights; 0 for plain int8).
 inline void round_row(const float* x, int64_t K, bool two, int64_t grouped, int8_t* a, int8_t* b, int16_t* c16,
-                      float* d, float* sums, int32_t* csum) {
+                      float* d, float* sums, int32_t* csum, int32_t* csum_lo) {
   const __m256 sign = _mm256_set1_ps(-0.f);
   for (int64_t blk = 0; blk < K / QK; ++blk) {
     const float* xb = x + blk * QK;
@@ -142,14 +143,16 @@ inline void round_row(const float* x, int64_t K, bool two, int64_t grouped, int8
     }
     d[blk] = two ? scale / 254.f : scale;
     sums[blk] = hsum(sum);
-    __m256i ca = _mm256_add_epi32(_mm256_add_epi32(ia[0], ia[1]), _mm256_add_epi32(ia[2], ia[3]));
+    __m256i lo = _mm256_add_epi32(ia[0], ia[1]), hi = _mm256_add_epi32(ia[2], ia[3]);  // columns 0-15, 16-31
     if (two) {
-      const __m256i cb = _mm256_add_epi32(_mm256_add_epi32(ib[0], ib[1]), _mm256_add_epi32(ib[2], ib[3]));
-      ca = _mm256_add_epi32(_mm256_mullo_epi32(ca, _mm256_set1_epi32(254)), cb);
+      lo = _mm256_add_epi32(_mm256_mullo_epi32(lo, _mm256_set1_epi32(254)), _mm256_add_epi32(ib[0], ib[1]));
+      hi = _mm256_add_epi32(_mm256_mullo_epi32(hi, _mm256_set1_epi32(254)), _mm256_add_epi32(ib[2], ib[3]));
     }
-    alignas(32) int32_t lanes[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), ca);
-    csum[blk] = lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
+    alignas(32) int32_t lanes[8], high[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), lo);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(high), hi);
+    csum_lo[blk] = lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
+    csum[blk] = csum_lo[blk] + high[0] + high[1] + high[2] + high[3] + high[4] + high[5] + high[6] + high[7];
   }
   for (int64_t blk = 0; blk < grouped; blk += GROUP) {
     interleave_group(a + blk * QK);
@@ -185,7 +188,7 @@ struct RoundedRows {
   AlignedVector<int8_t> a, b;
   AlignedVector<int16_t> c;
   std::vector<float> meta;
-  std::vector<int32_t> csums;
+  std::vector<int32_t> csums;  // csum and csum_lo of each row
   std::vector<QRow> rows;
   void round(const float* x, int64_t M, int64_t K, bool two, int64_t grouped) {
     reserve(M, K, two);
@@ -199,7 +202,7 @@ struct RoundedRows {
       c.resize(M * K);
     }
     meta.resize(M * padded(K) * 2);
-    csums.resize(M * padded(K));
+    csums.resize(M * padded(K) * 2);
     rows.resize(M);
   }
   // rows m0 .. m1 - 1 of x [M, K] (reserve first)
@@ -210,11 +213,11 @@ struct RoundedRows {
       int8_t* bm = two ? b.data() + m * K : nullptr;
       int16_t* cm = two ? c.data() + m * K : nullptr;
       float* d = meta.data() + m * nb8 * 2;
-      int32_t* cs = csums.data() + m * nb8;
+      int32_t* cs = csums.data() + m * nb8 * 2;
       std::fill(d, d + nb8 * 2, 0.f);
-      std::fill(cs, cs + nb8, 0);
-      round_row(x + m * K, K, two, grouped, am, bm, cm, d, d + nb8, cs);
-      rows[m] = QRow{am, bm, cm, d, d + nb8, cs};
+      std::fill(cs, cs + nb8 * 2, 0);
+      round_row(x + m * K, K, two, grouped, am, bm, cm, d, d + nb8, cs, cs + nb8);
+      rows[m] = QRow{am, bm, cm, d, d + nb8, cs, cs + nb8};
     }
   }
 
@@ -441,6 +444,26 @@ __attribute__((always_inline)) inline void group_params(const Rows& w, int64_t N
   if constexpr (Rows::HAS_MIN) min = _mm256_load_ps(wm);
 }
 
+// The half-block scales of row r for blocks b0 .. b0 + 7 (a whole group): those of their columns 0-15
+// (lo) and 16-31 (hi), one block per lane. The scales alternate lo, hi in the row's K-quant records.
+template <typename Rows>
+__attribute__((always_inline)) inline void half_scales(const Rows& w, int64_t r, int64_t b0, __m256& lo, __m256& hi) {
+  const __m256 a = load8(w.scales + r * w.G + 2 * b0), b = load8(w.scales + r * w.G + 2 * b0 + 8);
+  // per 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6 (blocks 0 1 4 5 | 2 3 6 7), then the 64-bit pairs in order
+  lo = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8));
+  hi = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8));
+}
+
+// The activation's integer code sums of blocks b0 .. b0 + 7, one per lane: whole blocks (HS = 1), or
+// their columns 0-15 (h = 0) or 16-31 (h = 1).
+template <int HS>
+__attribute__((always_inline)) inline __m256i code_sums(const QRow& x, int64_t b0, int h) {
+  const __m256i all = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.csum + b0));
+  if constexpr (HS == 1) return all;
+  const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.csum_lo + b0));
+  return h == 0 ? lo : _mm256_sub_epi32(all, lo);
+}
+
 // How a tile multiplies the interleaved groups of its weight rows with two activation planes: as int16
 // products of the widened codes with c (tile_groups16), or as u8 x s8 products with a and b. Without
 // VNNI the int16 products take fewer multiplies (4 per 64 weights and activation row against 6 for
@@ -448,14 +471,14 @@ __attribute__((always_inline)) inline void group_params(const Rows& w, int64_t N
 // widening is shared (benchmarks/RESULTS.md); with VNNI the u8 x s8 products are one instruction each.
 template <typename Rows, int MR, bool TWO>
 constexpr bool wide_groups() {
-  return Rows::GROUPS && TWO && !HAS_VNNI && MR > 1;
+  return Rows::GROUPS && !Rows::HALF && TWO && !HAS_VNNI && MR > 1;
 }
 
 // With 512-bit int16 products (HAS_ZMM_WIDE) two planes at several activation rows take them
 // (tile_groups512w); one row keeps the u8 x s8 ones (tile_groups512, or tile_groups without HAS_ZMM).
 template <typename Rows, int MR, bool TWO>
 constexpr bool wide_groups512() {
-  return Rows::GROUPS && TWO && HAS_ZMM_WIDE && MR > 1;
+  return Rows::GROUPS && !Rows::HALF && TWO && HAS_ZMM_WIDE && MR > 1;
 }
 
 // Weight rows per tile for MR activation rows. int8 rows go one at a time: one sequential stream per
@@ -491,20 +514,34 @@ __attribute__((always_inline)) inline void prefetch_piece(const Rows& w, int64_t
 }
 
 // A group's integer sums s (one block per lane) into the tile's accumulators: one conversion and one
-// multiply with the 8 blocks' scale * d per row, and the mins with the 8 block sums.
-template <int R, int MR, typename Rows>
+// multiply with the 8 blocks' scale * d per row, and the mins with the 8 block sums. With half-block
+// scales (Rows::HALF) s[0] holds the sums of the blocks' columns 0-15 and s[1] those of 16-31, each
+// with its scales.
+template <int R, int MR, typename Rows, int HS>
 __attribute__((always_inline)) inline void add_group(const Rows& w, int64_t N, int64_t n0, int64_t b0, const QRow* xr,
-                                                     const __m256i (&s)[R][MR], __m256 (&acc)[R][MR]) {
+                                                     const __m256i (&s)[HS][R][MR], __m256 (&acc)[R][MR]) {
   UNROLL for (int r = 0; r < R; ++r) {
-    __m256 scale, min = _mm256_setzero_ps();
-    group_params(w, N, n0 + r, b0, w.K / QK / w.G, scale, min);
+    __m256 scale[HS], min = _mm256_setzero_ps();
+    if constexpr (Rows::HALF) {
+      half_scales(w, n0 + r, b0, scale[0], scale[HS - 1]);
+    } else {
+      group_params(w, N, n0 + r, b0, w.K / QK / w.G, scale[0], min);
+    }
     UNROLL for (int m = 0; m < MR; ++m) {
-      const __m256 sd = _mm256_mul_ps(scale, _mm256_loadu_ps(xr[m].d + b0));
-      acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][m]), sd, acc[r][m]);
+      const __m256 d = _mm256_loadu_ps(xr[m].d + b0);
+      UNROLL for (int h = 0; h < HS; ++h)
+        acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[h][r][m]), _mm256_mul_ps(scale[h], d), acc[r][m]);
       if constexpr (Rows::HAS_MIN)
         acc[r][m] = _mm256_fmadd_ps(min, _mm256_loadu_ps(xr[m].sums + b0), acc[r][m]);
     }
   }
+}
+
+// add_group for sums of whole blocks
+template <int R, int MR, typename Rows>
+__attribute__((always_inline)) inline void add_group(const Rows& w, int64_t N, int64_t n0, int64_t b0, const QRow* xr,
+                                                     const __m256i (&s)[R][MR], __m256 (&acc)[R][MR]) {
+  add_group(w, N, n0, b0, xr, reinterpret_cast<const __m256i(&)[1][R][MR]>(s), acc);
 }
 
 // tile_groups with int16 products: per group, each (weight row, activation row) sums its 8 blocks one
@@ -543,57 +580,63 @@ __attribute__((always_inline)) inline void tile_groups16(const Rows& w, int64_t 
 }
 
 // The interleaved groups of a tile (int4, grouped int8): per group of 8 blocks, each row's integer sums
-// come out one block per lane (dot products of 4 codes at a time), then go to add_group.
+// come out one block per lane (dot products of 4 codes at a time), then go to add_group. With half-block
+// scales pieces 0-1 (columns 0-15 of every block) and 2-3 (16-31) are summed apart.
 template <int R, int MR, bool TWO, typename Rows>
 __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0, const QRow* xr, int64_t N,
                                                        __m256 (&acc)[R][MR]) {
   // sa (and sb) hold int16 pair sums until the group ends: always with two planes, with one from two
   // activation rows on or with one multiply port
   constexpr bool S16 = (TWO || MR > 1 || ONE_IMUL_PORT) && Rows::SUMS16;
+  constexpr int HS = Rows::HALF ? 2 : 1, PIECES = 4 / HS;  // sums per group, pieces per sum
   const int64_t groups = w.grouped() / GROUP;
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t b0 = g * GROUP;
-    __m256i sa[R][MR], sb[R][MR];
-    UNROLL for (int r = 0; r < R; ++r)
-      UNROLL for (int m = 0; m < MR; ++m) sa[r][m] = sb[r][m] = _mm256_setzero_si256();
-    UNROLL for (int t = 0; t < 4; ++t) {
-      UNROLL for (int r = 0; r < R; ++r) {
-        prefetch_piece(w, n0 + AHEAD * R + r, g, t);  // the same bytes of the rows AHEAD tiles on
-        __m256i v0, v1;
-        Rows::vectors(w.row(n0 + r) + g * Rows::GROUP_BYTES, t, v0, v1);
-        UNROLL for (int m = 0; m < MR; ++m) {  // activation vectors 2t and 2t + 1 of the group
-          const int8_t* a = xr[m].a + b0 * QK + 64 * t;
-          const int8_t* b = TWO ? xr[m].b + b0 * QK + 64 * t : nullptr;
-          auto at = [](const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); };
-          if constexpr (S16) {
-            sa[r][m] = Rows::pair_sums(sa[r][m], v0, at(a), v1, at(a + 32));
-            if constexpr (TWO) {
-              sb[r][m] = Rows::pair_sums(sb[r][m], v0, at(b), v1, at(b + 32));
-              asm("" : "+x"(sa[r][m]), "+x"(sb[r][m]));  // else GCC spills the sums (1.1x the time)
+    __m256i out[HS][R][MR];
+    UNROLL for (int h = 0; h < HS; ++h) {
+      __m256i sa[R][MR], sb[R][MR];
+      UNROLL for (int r = 0; r < R; ++r)
+        UNROLL for (int m = 0; m < MR; ++m) sa[r][m] = sb[r][m] = _mm256_setzero_si256();
+      UNROLL for (int t = h * PIECES; t < (h + 1) * PIECES; ++t) {
+        UNROLL for (int r = 0; r < R; ++r) {
+          prefetch_piece(w, n0 + AHEAD * R + r, g, t);  // the same bytes of the rows AHEAD tiles on
+          __m256i v0, v1;
+          Rows::vectors(w.row(n0 + r) + g * Rows::GROUP_BYTES, t, v0, v1);
+          UNROLL for (int m = 0; m < MR; ++m) {  // activation vectors 2t and 2t + 1 of the group
+            const int8_t* a = xr[m].a + b0 * QK + 64 * t;
+            const int8_t* b = TWO ? xr[m].b + b0 * QK + 64 * t : nullptr;
+            auto at = [](const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); };
+            if constexpr (S16) {
+              sa[r][m] = Rows::pair_sums(sa[r][m], v0, at(a), v1, at(a + 32));
+              if constexpr (TWO) {
+                sb[r][m] = Rows::pair_sums(sb[r][m], v0, at(b), v1, at(b + 32));
+                asm("" : "+x"(sa[r][m]), "+x"(sb[r][m]));  // else GCC spills the sums (1.1x the time)
+              } else {
+                asm("" : "+x"(sa[r][m]));
+              }
             } else {
-              asm("" : "+x"(sa[r][m]));
+              sa[r][m] = Rows::dot2(sa[r][m], v0, at(a), v1, at(a + 32));
+              if constexpr (TWO) sb[r][m] = Rows::dot2(sb[r][m], v0, at(b), v1, at(b + 32));
             }
-          } else {
-            sa[r][m] = Rows::dot2(sa[r][m], v0, at(a), v1, at(a + 32));
-            if constexpr (TWO) sb[r][m] = Rows::dot2(sb[r][m], v0, at(b), v1, at(b + 32));
           }
         }
       }
-    }
-    UNROLL for (int r = 0; r < R; ++r)
-      UNROLL for (int m = 0; m < MR; ++m) {
-        if constexpr (S16 && !TWO) {
-          sa[r][m] = _mm256_madd_epi16(sa[r][m], _mm256_set1_epi16(1));
-        } else if constexpr (S16) {
-          sa[r][m] = _mm256_add_epi32(_mm256_madd_epi16(sa[r][m], _mm256_set1_epi16(254)),
-                                      _mm256_madd_epi16(sb[r][m], _mm256_set1_epi16(1)));
-        } else if constexpr (TWO) {
-          sa[r][m] = _mm256_add_epi32(_mm256_mullo_epi32(sa[r][m], _mm256_set1_epi32(254)), sb[r][m]);
+      UNROLL for (int r = 0; r < R; ++r)
+        UNROLL for (int m = 0; m < MR; ++m) {
+          if constexpr (S16 && !TWO) {
+            sa[r][m] = _mm256_madd_epi16(sa[r][m], _mm256_set1_epi16(1));
+          } else if constexpr (S16) {
+            sa[r][m] = _mm256_add_epi32(_mm256_madd_epi16(sa[r][m], _mm256_set1_epi16(254)),
+                                        _mm256_madd_epi16(sb[r][m], _mm256_set1_epi16(1)));
+          } else if constexpr (TWO) {
+            sa[r][m] = _mm256_add_epi32(_mm256_mullo_epi32(sa[r][m], _mm256_set1_epi32(254)), sb[r][m]);
+          }
+          if constexpr (Rows::BIASED)  // (q + 128) . c = q . c + 128 sum(c)
+            sa[r][m] = _mm256_sub_epi32(sa[r][m], _mm256_slli_epi32(code_sums<HS>(xr[m], b0, h), 7));
+          out[h][r][m] = sa[r][m];
         }
-        if constexpr (Rows::BIASED)  // (q + 128) . c = q . c + 128 sum(c)
-          sa[r][m] = _mm256_sub_epi32(sa[r][m], _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[m].csum + b0)), 7));
-      }
-    add_group(w, N, n0, b0, xr, sa, acc);
+    }
+    add_group(w, N, n0, b0, xr, out, acc);
   }
 }
 
@@ -604,30 +647,33 @@ __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0
 template <int R, int MR, bool TWO, typename Rows>
 __attribute__((always_inline)) inline void tile_groups512(const Rows& w, int64_t n0, const QRow* xr, int64_t N,
                                                           __m256 (&acc)[R][MR]) {
+  constexpr int HS = Rows::HALF ? 2 : 1, PIECES = 4 / HS;  // as tile_groups
   const int64_t groups = w.grouped() / GROUP;
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t b0 = g * GROUP;
-    __m512i sa[R][MR], sb[R][MR];
-    UNROLL for (int r = 0; r < R; ++r)
-      UNROLL for (int m = 0; m < MR; ++m) sa[r][m] = sb[r][m] = _mm512_setzero_si512();
-    UNROLL for (int t = 0; t < 4; ++t) {
-      UNROLL for (int r = 0; r < R; ++r) {
-        prefetch_piece(w, n0 + AHEAD * R + r, g, t);  // the same bytes of the rows AHEAD tiles on
-        const __m512i v = Rows::piece512(w.row(n0 + r) + g * Rows::GROUP_BYTES, t);
-        UNROLL for (int m = 0; m < MR; ++m) {
-          sa[r][m] = _mm512_dpbusd_epi32(sa[r][m], v, _mm512_loadu_si512(xr[m].a + b0 * QK + 64 * t));
-          if constexpr (TWO) sb[r][m] = _mm512_dpbusd_epi32(sb[r][m], v, _mm512_loadu_si512(xr[m].b + b0 * QK + 64 * t));
+    __m256i s[HS][R][MR];
+    UNROLL for (int h = 0; h < HS; ++h) {
+      __m512i sa[R][MR], sb[R][MR];
+      UNROLL for (int r = 0; r < R; ++r)
+        UNROLL for (int m = 0; m < MR; ++m) sa[r][m] = sb[r][m] = _mm512_setzero_si512();
+      UNROLL for (int t = h * PIECES; t < (h + 1) * PIECES; ++t) {
+        UNROLL for (int r = 0; r < R; ++r) {
+          prefetch_piece(w, n0 + AHEAD * R + r, g, t);  // the same bytes of the rows AHEAD tiles on
+          const __m512i v = Rows::piece512(w.row(n0 + r) + g * Rows::GROUP_BYTES, t);
+          UNROLL for (int m = 0; m < MR; ++m) {
+            sa[r][m] = _mm512_dpbusd_epi32(sa[r][m], v, _mm512_loadu_si512(xr[m].a + b0 * QK + 64 * t));
+            if constexpr (TWO) sb[r][m] = _mm512_dpbusd_epi32(sb[r][m], v, _mm512_loadu_si512(xr[m].b + b0 * QK + 64 * t));
+          }
         }
       }
+      UNROLL for (int r = 0; r < R; ++r)
+        UNROLL for (int m = 0; m < MR; ++m) {
+          const __m512i both = TWO ? _mm512_add_epi32(_mm512_mullo_epi32(sa[r][m], _mm512_set1_epi32(254)), sb[r][m]) : sa[r][m];
+          s[h][r][m] = _mm256_add_epi32(_mm512_castsi512_si256(both), _mm512_extracti64x4_epi64(both, 1));
+          if constexpr (Rows::BIASED)  // (q + 128) . c = q . c + 128 sum(c)
+            s[h][r][m] = _mm256_sub_epi32(s[h][r][m], _mm256_slli_epi32(code_sums<HS>(xr[m], b0, h), 7));
+        }
     }
-    __m256i s[R][MR];
-    UNROLL for (int r = 0; r < R; ++r)
-      UNROLL for (int m = 0; m < MR; ++m) {
-        const __m512i both = TWO ? _mm512_add_epi32(_mm512_mullo_epi32(sa[r][m], _mm512_set1_epi32(254)), sb[r][m]) : sa[r][m];
-        s[r][m] = _mm256_add_epi32(_mm512_castsi512_si256(both), _mm512_extracti64x4_epi64(both, 1));
-        if constexpr (Rows::BIASED)  // (q + 128) . c = q . c + 128 sum(c)
-          s[r][m] = _mm256_sub_epi32(s[r][m], _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[m].csum + b0)), 7));
-      }
     add_group(w, N, n0, b0, xr, s, acc);
   }
 }

@@ -169,7 +169,7 @@ at::Tensor table_rows(const Rows& w, const at::Tensor& ids, int64_t N, const cha
 // ---------------------------------------------------------------------------------------- ops
 
 // Scales [N, G] fp16 / fp32, or K-quant uint8 ones [N, G / 8 * 10]; the group size K/G a multiple of
-// 32, or with `halves` (plain int8) 16 for K-quant scales.
+// 32, or with `halves` (int8) 16 for K-quant scales.
 void check_scales(const at::Tensor& scales, int64_t N, int64_t K, const char* op, bool halves = false) {
   TORCH_CHECK(scales.dim() == 2 && scales.size(0) == N, op, ": scales must be [N, G]");
   const auto st = scales.scalar_type();
@@ -180,7 +180,7 @@ void check_scales(const at::Tensor& scales, int64_t N, int64_t K, const char* op
   const int64_t G = scale_groups(scales);
   if (halves && K % QK == 0 && half_block_scales(scales, K)) return;
   TORCH_CHECK(G > 0 && K % G == 0 && (K / G) % QK == 0, op, ": the group size K/G must be a multiple of 32",
-              halves ? " (or 16 with K-quant scales and plain int8 codes)" : "");
+              halves ? " (or 16 with K-quant scales of int8 codes)" : "");
 }
 
 void check_x(const at::Tensor& x, int64_t K, const char* op) {
@@ -216,13 +216,12 @@ void check_int4(const at::Tensor& qs, const at::Tensor& scales, const at::Tensor
 }
 
 // int8 codes; mins (undefined or empty for none) only with K-quant scales of blocks of 32 (GGUF Q5_K),
-// which need them; half-block scales with plain codes only.
+// which need them.
 void check_int8(const at::Tensor& q, const at::Tensor& scales, const at::Tensor& mins, const char* op) {
   TORCH_CHECK(q.dim() == 2 && (q.scalar_type() == at::kChar || q.scalar_type() == at::kByte) && q.is_contiguous(), op,
               ": q must be a contiguous int8 (plain) or uint8 (grouped) [N, K] tensor");
-  const bool plain = q.scalar_type() == at::kChar;
-  check_scales(scales, q.size(0), q.size(1), op, plain);
-  const bool kquant = scales.scalar_type() == at::kByte, halves = plain && half_block_scales(scales, q.size(1));
+  check_scales(scales, q.size(0), q.size(1), op, true);
+  const bool kquant = scales.scalar_type() == at::kByte, halves = half_block_scales(scales, q.size(1));
   const bool has_mins = mins.defined() && mins.numel() > 0;
   TORCH_CHECK(!has_mins || (kquant && !halves && mins.sizes() == scales.sizes() && mins.scalar_type() == at::kByte), op,
               ": int8 mins go with K-quant scales of blocks of 32 and match them (uint8 [N, G / 8 * 10])");

@@ -185,12 +185,11 @@ struct Int4Layout {
 
 // int8: C = int8_t for the plain layout (column order), uint8_t for the grouped one (codes + 128, blocks
 // 0 .. grouped() - 1 in interleaved groups of GROUP, the rest in column order). K-quant scales: S =
-// KScale, a scale and a min per block (HAS_MIN: w = q * scale + min; GGUF Q5_K), either layout; S =
-// KHalfScale, plain only, two scales per block (HALF; G = 2 K/32), columns 0-15 and 16-31 (GGUF Q6_K).
+// KScale, a scale and a min per block (HAS_MIN: w = q * scale + min; GGUF Q5_K); S = KHalfScale, two
+// scales per block (HALF; G = 2 K/32), columns 0-15 and 16-31 (GGUF Q6_K).
 template <typename S, typename C = int8_t>
 struct Int8Layout {
   static constexpr bool HAS_MIN = std::is_same_v<S, KScale>, HALF = std::is_same_v<S, KHalfScale>;
-  static_assert(!HALF || std::is_same_v<C, int8_t>, "half-block scales are for the plain int8 layout");
   static constexpr int64_t BLOCK_BYTES = QK;
   static constexpr int64_t GROUP_BYTES = GROUP * BLOCK_BYTES;
   const C* q;
