@@ -667,16 +667,18 @@ def test_other_build_vector_width_matches_reference(mode):
     _run_kernel_tests({build.ZMM_ENV: str(mode)})
 
 
-@pytest.mark.parametrize("vendor,family,env,expected", [
-    ("AuthenticAMD", "26", "", 1),    # Zen 5: full-width 512-bit units
-    ("AuthenticAMD", "25", "", 2),    # Zen 4 splits 512-bit instructions in two: only the wide products
-    ("GenuineIntel", "6", "", 0),
-    ("GenuineIntel", "6", "1", 1),    # LMFORGE_KERNEL_ZMM decides
-    ("AuthenticAMD", "25", "0", 0),
-    ("AuthenticAMD", "26", "2", 2),
+@pytest.mark.parametrize("vendor,family,extra,env,expected", [
+    ("AuthenticAMD", "26", "", "", 1),    # Zen 5: full-width 512-bit units
+    ("AuthenticAMD", "25", "", "", 2),    # Zen 4 splits 512-bit instructions in two: only the wide products
+    ("GenuineIntel", "6", "", "", 0),
+    ("GenuineIntel", "6", "", "1", 1),    # LMFORGE_KERNEL_ZMM decides
+    ("GenuineIntel", "6", "amx_int8", "", 1),  # Sapphire Rapids on
+    ("GenuineIntel", "6", "amx_int8", "0", 0),
+    ("AuthenticAMD", "25", "", "0", 0),
+    ("AuthenticAMD", "26", "", "2", 2),
 ])
-def test_512_bit_products_chosen_by_cpu(monkeypatch, vendor, family, env, expected):
-    flags = " ".join(sorted(build.ZMM_FLAGS | {"avx2", "fma", "f16c"}))
+def test_512_bit_products_chosen_by_cpu(monkeypatch, vendor, family, extra, env, expected):
+    flags = " ".join(sorted(build.ZMM_FLAGS | {"avx2", "fma", "f16c", *extra.split()}))
     monkeypatch.setattr(build, "_cpuinfo", lambda: {"vendor_id": vendor, "cpu family": family, "flags": flags})
     monkeypatch.setenv(build.ZMM_ENV, env)
     monkeypatch.delenv(build.ARCH_ENV, raising=False)
