@@ -83,25 +83,36 @@ def q4_k_scales_mins(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sc, m
 
 
+def _super_blocks(raw: torch.Tensor, block_bytes: int, kind: str) -> tuple[torch.Tensor, int, int]:
+    """GGUF K-quant bytes uint8 [N, K/256 * block_bytes] -> (them as a tensor, N, super-blocks per row)."""
+    raw = torch.as_tensor(raw)
+    if raw.dtype != torch.uint8 or raw.dim() != 2 or raw.shape[1] % block_bytes:
+        raise ValueError(f"{kind} data must be uint8 [N, K/256 * {block_bytes}], got {raw.dtype} {tuple(raw.shape)}")
+    return raw, raw.shape[0], raw.shape[1] // block_bytes
+
+
+def _k_scales_mins(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_K / Q5_K super-blocks uint8 [n, nsuper, bytes] (d, dmin and the 12 bytes of sc and m first) ->
+    their K-quant scales d * sc and mins -dmin * m, uint8 [n, nsuper * 10] each."""
+    n, nsuper = blocks.shape[:2]
+    d = blocks[..., 0:2].contiguous().view(torch.float16).reshape(n, nsuper)
+    dmin = blocks[..., 2:4].contiguous().view(torch.float16).reshape(n, nsuper)
+    sc, m = q4_k_scales_mins(blocks[..., 4:16])
+    return pack_k_scales(d, sc.reshape(n, -1)), pack_k_scales(-dmin, m.reshape(n, -1))
+
+
 def repack_gguf_q4_k(raw: torch.Tensor, rows: int = 2048) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GGUF Q4_K bytes -> (qs uint8 [N, K/2], scales, mins K-quant uint8 [N, K/256 * 10]): each 32-weight
     sub-block an int4 block with scale d * sc and min -dmin * m (the same weights, see the module
     docstring; ``reference.pack_k_scales``). `rows` rows at a time, so that the unpacked codes stay small."""
-    raw = torch.as_tensor(raw)
-    if raw.dtype != torch.uint8 or raw.dim() != 2 or raw.shape[1] % Q4_K_BYTES:
-        raise ValueError(f"Q4_K data must be uint8 [N, K/256 * {Q4_K_BYTES}], got {raw.dtype} {tuple(raw.shape)}")
-    N, nsuper = raw.shape[0], raw.shape[1] // Q4_K_BYTES
+    raw, N, nsuper = _super_blocks(raw, Q4_K_BYTES, "Q4_K")
     qs = torch.empty(N, nsuper * QK_K // 2, dtype=torch.uint8)
     scales = torch.empty(N, nsuper * KSCALE_BYTES, dtype=torch.uint8)
     mins = torch.empty_like(scales)
     for r0 in range(0, N, rows):
         blocks = raw[r0:r0 + rows].reshape(-1, nsuper, Q4_K_BYTES)
         n = blocks.shape[0]
-        d = blocks[..., 0:2].contiguous().view(torch.float16).reshape(n, nsuper)
-        dmin = blocks[..., 2:4].contiguous().view(torch.float16).reshape(n, nsuper)
-        sc, m = q4_k_scales_mins(blocks[..., 4:16])
-        scales[r0:r0 + n] = pack_k_scales(d, sc.reshape(n, -1))
-        mins[r0:r0 + n] = pack_k_scales(-dmin, m.reshape(n, -1))  # min = -dmin * m
+        scales[r0:r0 + n], mins[r0:r0 + n] = _k_scales_mins(blocks)
         nib = blocks[..., 16:].reshape(n, nsuper, 4, 1, 32)                   # chunk c: low nibbles, then high
         codes = torch.cat((nib & 0x0F, nib >> 4), dim=3).reshape(n, -1)        # [n, K] in column order
         qs[r0:r0 + n] = pack_int4_blocks(codes)
@@ -115,10 +126,7 @@ def repack_gguf_q6_k(raw: torch.Tensor, rows: int = 2048, grouped: bool | None =
     module docstring), the sign of d * sc moved onto the codes so that the scale is |d| * |sc|
     (``reference.pack_k_scales`` with one record per 8 half blocks). `rows` rows at a time, so that the
     unpacked codes stay small."""
-    raw = torch.as_tensor(raw)
-    if raw.dtype != torch.uint8 or raw.dim() != 2 or raw.shape[1] % Q6_K_BYTES:
-        raise ValueError(f"Q6_K data must be uint8 [N, K/256 * {Q6_K_BYTES}], got {raw.dtype} {tuple(raw.shape)}")
-    N, nsuper = raw.shape[0], raw.shape[1] // Q6_K_BYTES
+    raw, N, nsuper = _super_blocks(raw, Q6_K_BYTES, "Q6_K")
     grouped = _grouped(grouped)
     q = torch.empty(N, nsuper * QK_K, dtype=torch.uint8 if grouped else torch.int8)
     scales = torch.empty(N, nsuper * 2 * KSCALE_BYTES, dtype=torch.uint8)
@@ -146,10 +154,7 @@ def repack_gguf_q5_k(raw: torch.Tensor, rows: int = 2048, grouped: bool | None =
     uint8 [N, K/256 * 10]): each 32-weight sub-block a block of int8 codes with scale d * sc and min
     -dmin * m (the same weights, see the module docstring). `rows` rows at a time, so that the unpacked
     codes stay small."""
-    raw = torch.as_tensor(raw)
-    if raw.dtype != torch.uint8 or raw.dim() != 2 or raw.shape[1] % Q5_K_BYTES:
-        raise ValueError(f"Q5_K data must be uint8 [N, K/256 * {Q5_K_BYTES}], got {raw.dtype} {tuple(raw.shape)}")
-    N, nsuper = raw.shape[0], raw.shape[1] // Q5_K_BYTES
+    raw, N, nsuper = _super_blocks(raw, Q5_K_BYTES, "Q5_K")
     grouped = _grouped(grouped)
     q = torch.empty(N, nsuper * QK_K, dtype=torch.uint8 if grouped else torch.int8)
     scales = torch.empty(N, nsuper * KSCALE_BYTES, dtype=torch.uint8)
@@ -157,11 +162,7 @@ def repack_gguf_q5_k(raw: torch.Tensor, rows: int = 2048, grouped: bool | None =
     for r0 in range(0, N, rows):
         blocks = raw[r0:r0 + rows].reshape(-1, nsuper, Q5_K_BYTES)
         n = blocks.shape[0]
-        d = blocks[..., 0:2].contiguous().view(torch.float16).reshape(n, nsuper)
-        dmin = blocks[..., 2:4].contiguous().view(torch.float16).reshape(n, nsuper)
-        sc, m = q4_k_scales_mins(blocks[..., 4:16])
-        scales[r0:r0 + n] = pack_k_scales(d, sc.reshape(n, -1))
-        mins[r0:r0 + n] = pack_k_scales(-dmin, m.reshape(n, -1))  # min = -dmin * m
+        scales[r0:r0 + n], mins[r0:r0 + n] = _k_scales_mins(blocks)
         qh = blocks[..., 16:48].reshape(n, nsuper, 1, 1, 32)                   # -, -, l
         nib = blocks[..., 48:].reshape(n, nsuper, 4, 1, 32)                    # chunk c: low nibbles, then high
         low = torch.cat((nib & 0x0F, nib >> 4), dim=3)                         # [n, nsuper, c, h, l]

@@ -31,34 +31,28 @@ inline bool half_block_scales(const at::Tensor& s, int64_t K) {
   return s.scalar_type() == at::kByte && scale_groups(s) == 2 * (K / QK);
 }
 
-// f(layout) with the int8 layout L<S, C> of codes q [N, K] (C = int8_t plain, uint8_t grouped) and
-// scales [N, G] (S = at::Half, float; K-quant uint8 scales: KScale with K-quant mins m, KHalfScale for
-// half-block ones; m is empty or undefined for every layout but KScale).
-template <template <typename, typename> class L, typename F>
-auto with_int8(const at::Tensor& q, const at::Tensor& s, const at::Tensor& m, int64_t K, F&& f) {
+// f(layout) with the int8 layout L<S, C> of codes p (C = int8_t plain, uint8_t grouped) and scales [N, G]
+// (S = at::Half, float; K-quant uint8 scales: KScale with K-quant mins m, KHalfScale for half-block ones;
+// m is empty or undefined for every layout but KScale).
+template <template <typename, typename> class L, typename C, typename F>
+auto with_int8_codes(const C* p, const at::Tensor& s, const at::Tensor& m, int64_t K, F&& f) {
   const int64_t G = scale_groups(s);
-  if (q.scalar_type() == at::kByte) {
-    const uint8_t* p = q.data_ptr<uint8_t>();
-    switch (s.scalar_type()) {
-      case at::kHalf: return f(L<at::Half, uint8_t>{{p, s.data_ptr<at::Half>(), K, G}});
-      case at::kByte: {
-        const KScales scales{s.data_ptr<uint8_t>()};
-        if (m.defined() && m.numel()) return f(L<KScale, uint8_t>{{p, scales, K, G, KScales{m.data_ptr<uint8_t>()}}});
-        return f(L<KHalfScale, uint8_t>{{p, scales, K, G}});
-      }
-      default: return f(L<float, uint8_t>{{p, s.data_ptr<float>(), K, G}});
-    }
-  }
-  const int8_t* p = q.data_ptr<int8_t>();
   switch (s.scalar_type()) {
-    case at::kHalf: return f(L<at::Half, int8_t>{{p, s.data_ptr<at::Half>(), K, G}});
+    case at::kHalf: return f(L<at::Half, C>{{p, s.data_ptr<at::Half>(), K, G}});
     case at::kByte: {
       const KScales scales{s.data_ptr<uint8_t>()};
-      if (m.defined() && m.numel()) return f(L<KScale, int8_t>{{p, scales, K, G, KScales{m.data_ptr<uint8_t>()}}});
-      return f(L<KHalfScale, int8_t>{{p, scales, K, G}});
+      if (m.defined() && m.numel()) return f(L<KScale, C>{{p, scales, K, G, KScales{m.data_ptr<uint8_t>()}}});
+      return f(L<KHalfScale, C>{{p, scales, K, G}});
     }
-    default: return f(L<float, int8_t>{{p, s.data_ptr<float>(), K, G}});
+    default: return f(L<float, C>{{p, s.data_ptr<float>(), K, G}});
   }
+}
+
+// with_int8_codes for codes q [N, K]: int8 (plain) or uint8 (grouped).
+template <template <typename, typename> class L, typename F>
+auto with_int8(const at::Tensor& q, const at::Tensor& s, const at::Tensor& m, int64_t K, F&& f) {
+  if (q.scalar_type() == at::kByte) return with_int8_codes<L>(q.data_ptr<uint8_t>(), s, m, K, f);
+  return with_int8_codes<L>(q.data_ptr<int8_t>(), s, m, K, f);
 }
 
 }  // namespace lmforge_simd
