@@ -59,11 +59,14 @@ def _with_perm_and_scale(m, s):
 @pytest.mark.parametrize("name", list(modules()))
 def test_forward_matches_dequantized_reference(name):
     m = modules()[name]
-    x = torch.randn(2, 5, 128)
+    x = torch.randn(2, 5, 128, generator=torch.Generator().manual_seed(1))
     m.act_bits = 32  # fp32 activations in the native kernels: the definition itself
     torch.testing.assert_close(m(x), m.reference(x), rtol=1e-5, atol=1e-5)
-    m.act_bits = 16  # the default: these 10 rows are rounded to ~15 bits first
-    torch.testing.assert_close(m(x), m.reference(x), rtol=1e-3, atol=1e-3)
+    m.act_bits = 16  # the default: these 10 rows are rounded to ~15 bits first. The kernels multiply the
+    # rounded x with the codes times the scale (q s, up to 15 s for asymmetric int4, not w = (q - z) s),
+    # so the per-channel asymmetric module with its outlier column (s ~ 0.3) sees errors up to ~2.4e-3
+    # on outputs of ~5 (300 random inputs); a wrong layout would be off by the output itself.
+    torch.testing.assert_close(m(x), m.reference(x), rtol=1e-3, atol=4e-3)
 
 
 def test_block_embedding_gathers_dequantized_rows_and_ties_the_head():
