@@ -38,7 +38,7 @@ TESTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_0", "Q4_0", "Q4_1", "Q4_K", "Q
 # GGUF types executed natively -> the kernel format they are repacked into
 # (q4s: int4 with min = -8 scale, no mins read; q4k: int4 with K-quant scales and mins, each Q4_K
 # sub-block of 32 weights one block; Q5_0's 5-bit codes - 16 are int8 codes; q5k: int8 codes 0..31 with
-# K-quant scales and mins, each Q5_K sub-block one block; q6k: plain int8 with K-quant half-block
+# K-quant scales and mins, each Q5_K sub-block one block; q6k: int8 with K-quant half-block
 # scales, one per 16 columns, Q6_K's codes - 32 and sub-block scales)
 NATIVE_TYPES = {"Q4_0": "q4s", "Q4_1": "q4", "Q4_K": "q4k", "Q5_0": "q8", "Q5_K": "q5k", "Q6_K": "q6k",
                 "Q8_0": "q8"}

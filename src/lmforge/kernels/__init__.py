@@ -16,8 +16,8 @@ Weight layouts (output channel first; K a multiple of 32, groups of K/G columns,
   + 128, in interleaved groups of 8 blocks like int4's, byte 32 i + 4 j + e holding column 4 i + e
   of block j, then the blocks left over in column order; ``reference.pack_int8_groups``). ``scales``
   float16 or float32 [N, G]; w = q * scale. int8 also takes K-quant scales (uint8, as int4's) of blocks
-  of 32 with K-quant ``mins`` (w = q * scale + min; GGUF Q5_K at load, codes 0..31), and plain int8
-  half-block ones, one per 16 columns (GGUF Q6_K at load).
+  of 32 with K-quant ``mins`` (w = q * scale + min; GGUF Q5_K at load, codes 0..31), and half-block
+  ones, one per 16 columns (GGUF Q6_K at load).
 - dense: ``weight`` float32, bfloat16 or float16 [N, K] (an ordinary Linear weight).
 
 ``int4_linear(x, ..., act_bits)`` / ``int8_linear(x, ..., act_bits)`` compute x [..., K] @ W.T -> [..., N]

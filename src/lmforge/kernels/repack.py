@@ -20,12 +20,12 @@ GGUF blocks (ggml's ``block_q4_0`` / ``block_q4_1`` / ``block_q8_0``, 32 weights
   Each 128-weight half takes 64 bytes of ql and 32 of qh: weight 32 k + l (k < 4, l < 32) has its low
   bits in the low (k < 2) or high nibble of ql byte 32 (k % 2) + l and its top bits at bit 2k of qh
   byte l. q - 32 in -32..31 is an int8 code (negated where d * sc < 0: -32..32) and |d| * |sc| a
-  K-quant scale (the step |d|, the multiplier |sc| <= 128): a Q6_K weight becomes plain int8 with
-  K-quant half-block scales, one per 16 columns, exactly.
+  K-quant scale (the step |d|, the multiplier |sc| <= 128): a Q6_K weight becomes int8 (plain or
+  grouped) with K-quant half-block scales, one per 16 columns, exactly.
 - Q5_K, 176 bytes per 256 weights (8 sub-blocks of 32): d fp16 | dmin fp16 | 12 bytes of sc and m as in
   Q4_K | 32 bytes qh | 128 bytes of nibbles as in Q4_K;         w = d * sc * q - dmin * m
   Bit 4 of weight 64 c + 32 h + l (h < 2, l < 32) is bit 2c + h of qh byte l. The 5-bit q in 0..31 is an
-  int8 code, and each sub-block a block with Q4_K's K-quant scale and min: plain int8 with mins.
+  int8 code, and each sub-block a block with Q4_K's K-quant scale and min: int8 with mins.
 
 lmforge's own formats (``quant.formats``): int4 (packed pairs of columns, scales and integer zeros per
 group, w = (q - z) * s) and int8 (per-channel scales, w = q * s).

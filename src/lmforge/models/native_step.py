@@ -52,7 +52,7 @@ def _linear(module: nn.Module, bits: set[int]) -> tuple[str, list, torch.Tensor 
         if isinstance(module, BlockInt4Linear):
             parts = ["int4", [b["qs"], b["scales"], b["mins"]]]
         elif isinstance(module, BlockInt8Linear):
-            parts = ["int8", [b["q"], b["scales"]] + ([b["mins"]] if b["mins"].numel() else [])]
+            parts = ["int8", [b["q"], b["scales"], b["mins"]]]  # mins empty [N, 0] but for K-quant ones
         elif isinstance(module, Int8Linear) and module.in_features % kernels.reference.QK == 0:
             parts = ["int8", [b["qweight"], b["scales"][:, None].contiguous()]]
         elif isinstance(module, Int4Linear) and module.group_size % kernels.reference.QK == 0:

@@ -273,8 +273,8 @@ class BlockInt8Linear(QuantLinear):
     kernels' layout: ``q`` uint8 [N, K] grouped (codes + 128, interleaved per 8 blocks, see
     lmforge.kernels; where the kernels have VNNI) or int8 [N, K] plain, ``scales`` [N, G] float16 or
     float32, w = q * scale. It also takes K-quant scales (``scale_dtype`` uint8, [N, G/8 * 10]): ones of
-    blocks of 32 with K-quant ``mins`` (``with_mins``: w = q * scale + min, GGUF Q5_K at load), and, plain
-    only, half-block ones with ``group_size=16`` (GGUF Q6_K at load). ``mins`` is empty [N, 0] otherwise."""
+    blocks of 32 with K-quant ``mins`` (``with_mins``: w = q * scale + min, GGUF Q5_K at load), and
+    half-block ones with ``group_size=16`` (GGUF Q6_K at load). ``mins`` is empty [N, 0] otherwise."""
     format = "q8"
     weight_names = ("q", "scales", "mins")
 
@@ -297,8 +297,7 @@ class BlockInt8Linear(QuantLinear):
 
     def matmul(self, x):
         b = self._buffers
-        mins = b["mins"]
-        return kernels.int8_linear(x, b["q"], b["scales"], self.act_bits, mins if mins.numel() else None)
+        return kernels.int8_linear(x, b["q"], b["scales"], self.act_bits, b["mins"])  # mins may be empty
 
 
 BLOCK_FORMATS = (BlockInt4Linear, BlockInt8Linear)
@@ -341,7 +340,7 @@ class BlockEmbedding(nn.Module):
         # tokens: [B, S] -> [B, S, D] fp32
         t = self.table
         if isinstance(t, BlockInt8Linear):
-            rows = kernels.int8_rows(tokens, t.q, t.scales, t.mins if t.mins.numel() else None)
+            rows = kernels.int8_rows(tokens, t.q, t.scales, t.mins)
         else:
             rows = kernels.int4_rows(tokens, t.qs, t.scales, t.mins)
         return rows.to(self.dtype)

@@ -8,7 +8,7 @@
 //         in lmforge/kernels/__init__.py); scales, mins fp16 or fp32 [N, G]: w = q * scale + min, groups
 //         of K/G columns (a multiple of 32).
 //   int8: q int8 [N, K] (plain) or uint8 [N, K] (grouped: codes + 128, interleaved like int4's groups);
-//         scales fp16 or fp32 [N, G]: w = q * scale; plain int8 also takes K-quant scales, half-block
+//         scales fp16 or fp32 [N, G]: w = q * scale; either layout also takes K-quant scales, half-block
 //         ones (groups of 16 columns, GGUF Q6_K) or ones of blocks of 32 with K-quant mins (w = q *
 //         scale + min, GGUF Q5_K).
 //

@@ -151,7 +151,7 @@ inline __m256 load8(const KScales& p) {
   const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s))));
   return _mm256_mul_ps(q, _mm256_set1_ps(to_float(d)));
 }
-// K-quant half-block scales (GGUF Q6_K at load; plain int8 only): KScales of one scale per 16 columns
+// K-quant half-block scales (GGUF Q6_K at load; int8 only): KScales of one scale per 16 columns
 // (G = 2 K/32), for the scale type S of Int8Layout<KHalfScale>. (Int8Layout<KScale> is the other K-quant
 // int8 layout, one scale and one min per block: GGUF Q5_K.)
 struct KHalfScale {};
