@@ -295,6 +295,41 @@ def test_rounded_activations_at_the_extremes(native, bits, M, sign):
 
 
 @pytest.mark.parametrize("bits", [16, 8])
+@pytest.mark.parametrize("M", [16, 17, 40])
+def test_prompt_products_in_every_layout(native, bits, M):
+    """From 16 rows of x the integer products take whole tiles of 16 weight rows (on the AMX tiles where
+    the CPU has them, kernels.amx_products(); passes of 8 or 16 rows, the last one shorter) and the
+    vector tiles for the weight rows past them: every layout against the reference. K = 576 leaves two
+    plain blocks after the groups; K-quant int8 needs whole records (K a multiple of 128 or 256)."""
+    N = 37
+    for K in (256, 576, 768):
+        g = torch.Generator().manual_seed(M * 3 + bits + K)
+        x = torch.randn(M, K, generator=g) * torch.rand(1, K, generator=g) * 3  # uneven block ranges
+        qs, s, m = random_int4(N, K, 32, torch.float16, seed=K)
+        int4 = [(qs, s, m), (qs, s, m[:, :0]), random_int4(N, K, 64, torch.float32, seed=K + 1)]
+        if K % 256 == 0:
+            int4.append(random_k_scales(N, K, seed=K))
+        q8 = torch.randint(-128, 128, (N, K), dtype=torch.int8, generator=g)
+        s8 = (torch.rand(N, K // 32, generator=g) * 0.01).half()
+        int8 = [(q, s8, None) for q in (q8, reference.pack_int8_groups(q8))]
+        if K % 128 == 0:  # half-block K-quant scales (GGUF Q6_K), codes -32..32
+            q6 = torch.randint(-32, 33, (N, K), dtype=torch.int8, generator=g)
+            mult = torch.randint(1, 13, (N, K // 16), generator=g) * torch.tensor([1, 10]).repeat(K // 32)
+            s6 = reference.pack_k_scales(torch.rand(N, K // 128, generator=g) * 1e-3 + 1e-4, mult)
+            int8 += [(q, s6, None) for q in (q6, reference.pack_int8_groups(q6))]
+        if K % 256 == 0:  # K-quant scales and mins per block (GGUF Q5_K), codes 0..31
+            q5 = torch.randint(0, 32, (N, K), dtype=torch.int8, generator=g)
+            G = K // 32
+            s5 = reference.pack_k_scales(torch.rand(N, G // 8, generator=g) * 1e-3 + 1e-4, torch.randint(0, 64, (N, G), generator=g))
+            m5 = reference.pack_k_scales(-torch.rand(N, G // 8, generator=g) * 1e-3, torch.randint(0, 64, (N, G), generator=g))
+            int8 += [(q, s5, m5) for q in (q5, reference.pack_int8_groups(q5))]
+        for w in int4:
+            assert_matches_reference(kernels.int4_linear(x, *w, bits), reference.int4_linear(x, *w, act_bits=bits))
+        for q, sc, mn in int8:
+            assert_matches_reference(kernels.int8_linear(x, q, sc, bits, mn), reference.int8_linear(x, q, sc, bits, mn))
+
+
+@pytest.mark.parametrize("bits", [16, 8])
 def test_rounded_activations_for_long_prompts(native, bits):
     """Past 1,024 rows of x the kernels round and multiply in chunks of rows, with the same result as
     the reference's rounding; act_bits 32 stays the exact fp32 product."""
@@ -636,6 +671,13 @@ def test_other_build_plain_avx2_matches_reference():
 def test_other_build_prompt_kernel_matches_reference():
     """The 256-bit prompt kernel (dense.h, built for AMD CPUs) where the default build lacks it."""
     _run_kernel_tests({build.PROMPT_ENV: "1", build.ARCH_ENV: "x86-64-v3"})
+
+
+@pytest.mark.skipif(not kernels.amx_products(), reason="the prompts' products do not run on AMX tiles here")
+def test_other_build_without_amx_matches_reference():
+    """Where prompts' products run on the AMX tiles, the vector tiles they replace (CPUs without AMX, or
+    LMFORGE_KERNEL_AMX=0) are put through the same tests."""
+    _run_kernel_tests({"LMFORGE_KERNEL_AMX": "0"})
 
 
 @pytest.mark.parametrize("vendor,family,zmm,env,expected", [

@@ -25,7 +25,8 @@ Weight layouts (output channel first; K a multiple of 32, groups of K/G columns,
 fp32: the result is that of the dequantized weight. With 16 or 8 the rows of x (a decode step, a
 prompt) are first rounded per 32 values to two int8 planes (~15 bits) or one (llama.cpp's rounding),
 and the products are integer (``reference.round_activations`` defines the rounding; only the fp32
-summation order differs from ``reference``).
+summation order differs from ``reference``); from 16 rows of x on Intel's AMX tiles where the CPU has
+them (``amx_products``).
 ``attention_decode`` ropes q and k, writes k and v into a layer's static cache (fp32 or fp16,
 ``KV_CACHE_DTYPES``) and attends, for a decode step's few tokens; ``silu_mul`` is a gated MLP's
 silu(gate) * up.
@@ -79,6 +80,7 @@ DENSE_MAX_ROWS = 4  # dense_linear pays for decode-sized inputs; larger ones are
 
 _backend: str | None = None  # "native" or "reference", once the ops are registered
 _prompt_kernel: bool | None = None  # dense_prompt_kernel(), once asked
+_amx: bool | None = None  # amx_products(), once asked
 DENSE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # the weights dense_linear takes
 _libs: list[torch.library.Library] = []  # registrations live as long as their Library object
 
@@ -143,7 +145,7 @@ def describe() -> str:
     if backend() == "native":
         from .build import describe_build
 
-        return f"native ({describe_build()})"
+        return f"native ({describe_build()}{', AMX tiles for prompts' if amx_products() else ''})"
     return "PyTorch reference (no native build)"
 
 
@@ -194,6 +196,16 @@ def dense_prompt_kernel() -> bool:
     if _prompt_kernel is None:
         _prompt_kernel = backend() == "native" and bool(torch.ops.lmforge.dense_prompt_kernel())
     return _prompt_kernel
+
+
+def amx_products() -> bool:
+    """Whether prompts' integer products (act_bits 16 / 8, from 16 rows of x) run on Intel's AMX tiles:
+    a native build for a CPU with AMX-INT8 (Sapphire Rapids on) whose process Linux granted the tile state,
+    unless LMFORGE_KERNEL_AMX=0 (benchmarks/RESULTS.md: prefill of the default model 1.3-1.9x as fast)."""
+    global _amx
+    if _amx is None:
+        _amx = backend() == "native" and bool(torch.ops.lmforge.amx_products())
+    return _amx
 
 
 def silu_mul(h: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = ("quant_linear.cpp", "quant_act_linear.cpp", "dense_linear.cpp", "attention.cpp", "decode_step.cpp")
-HEADERS = ("simd.h", "qact.h", "dense.h", "attention.h", "layouts.h")
+HEADERS = ("amx.h", "simd.h", "qact.h", "dense.h", "attention.h", "layouts.h")
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off",  # FMA only where written
           "-fopenmp")  # at::parallel_for is inline OpenMP code: without it, the ops run on one thread
 REQUIRED_ISA = ("avx2", "fma", "f16c")

@@ -23,6 +23,7 @@
 
 #include <immintrin.h>
 
+#include "amx.h"
 #include "layouts.h"
 #include "qact.h"
 
@@ -54,6 +55,33 @@ void panel(const Rows& w, int64_t n_begin, int64_t n_end, const QRow* xr, float*
   for (; n0 < n_end; ++n0) dot_tile<1, MR, TWO>(w, n0, xr, y, N);
 }
 
+#if LMFORGE_AMX
+// y [M, N] on the AMX tiles (amx.h): the weight's tiles of 16 rows spread over the threads, each with all
+// the rows of x; the rows past the last whole tile with the vector tiles.
+template <bool TWO, typename Rows>
+void amx_rows(const Rows& w, const RoundedRows& rounded, float* y, int64_t M, int64_t N) {
+  namespace amx = lmforge_amx;
+  amx::ActPasses act;
+  act.build(rounded.rows.data(), M, TWO, w.K, w.grouped(), amx::scale_block<Rows>(), /*parallel=*/true);
+  const int64_t tiles = N / amx::TILE_ROWS;
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      amx::tile_rows(w, N, t * amx::TILE_ROWS, rounded.rows.data(), M, TWO, act, y, N);
+    amx::release();
+  });
+  for (int64_t m0 = 0; m0 < M && tiles * amx::TILE_ROWS < N; m0 += MAX_ROWS) {
+    const QRow* xr = rounded.rows.data() + m0;
+    float* ym = y + m0 * N;
+    switch (std::min(MAX_ROWS, M - m0)) {
+      case 1: panel<1, TWO>(w, tiles * amx::TILE_ROWS, N, xr, ym, N); break;
+      case 2: panel<2, TWO>(w, tiles * amx::TILE_ROWS, N, xr, ym, N); break;
+      case 3: panel<3, TWO>(w, tiles * amx::TILE_ROWS, N, xr, ym, N); break;
+      default: panel<4, TWO>(w, tiles * amx::TILE_ROWS, N, xr, ym, N); break;
+    }
+  }
+}
+#endif
+
 // y [M, N]. Up to MAX_ROWS rows: one pass over the weights. More (a prompt): each task takes a panel
 // of weight rows that stays in cache and runs all the rows of x past it, MAX_ROWS at a time, so that
 // the weights are read from memory once (the rounded rows, 2-4 bytes a value, come from L2 / L3).
@@ -62,6 +90,12 @@ void gemv_rows(const Rows& w, const float* x, float* y, int64_t M, int64_t N, in
   RoundedRows rounded;
   rounded.reserve(M, K, TWO);
   at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) { rounded.round_rows(x, m0, m1, K, TWO, w.grouped()); });
+#if LMFORGE_AMX
+  if (lmforge_amx::available() && M >= lmforge_amx::MIN_ROWS) {
+    amx_rows<TWO>(w, rounded, y, M, N);
+    return;
+  }
+#endif
   auto rows = [&](int64_t m0, auto pass) {
     const QRow* xr = rounded.rows.data() + m0;
     switch (std::min(MAX_ROWS, M - m0)) {
@@ -125,5 +159,8 @@ at::Tensor int8_linear_qact(const at::Tensor& x, const at::Tensor& q, const at::
   const int64_t N = q.size(0), K = q.size(1);
   return with_int8<Int8Rows>(q, scales, mins, K, [&](const auto& w) { return run(x, w, N, K, bits); });
 }
+
+// Whether prompts' products run on the AMX tiles (amx.h).
+bool amx_products() { return lmforge_amx::available(); }
 
 }  // namespace lmforge

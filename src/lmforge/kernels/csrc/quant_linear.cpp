@@ -264,6 +264,7 @@ at::Tensor int4_linear_qact(const at::Tensor& x, const at::Tensor& qs, const at:
                             const at::Tensor& mins, int64_t bits);
 at::Tensor int8_linear_qact(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, const at::Tensor& mins,
                             int64_t bits);
+bool amx_products();
 }  // namespace lmforge
 
 namespace {
@@ -300,6 +301,7 @@ TORCH_LIBRARY_FRAGMENT(lmforge, m) {
   m.def("int8_linear(Tensor x, Tensor q, Tensor scales, int act_bits=32, Tensor? mins=None) -> Tensor");
   m.def("int4_rows(Tensor ids, Tensor qs, Tensor scales, Tensor mins) -> Tensor");
   m.def("int8_rows(Tensor ids, Tensor q, Tensor scales, Tensor? mins=None) -> Tensor");
+  m.def("amx_products() -> bool", &lmforge::amx_products);
 }
 
 TORCH_LIBRARY_IMPL(lmforge, CPU, m) {
