@@ -27,68 +27,70 @@ using lmforge_simd::load8;
 // ahead: on an Emerald Rapids VM a harness streaming 369 MB of fp32 rows (2 threads) read 30-32 GB/s
 // against 25-26 with 256-bit loads, and dense_linear over 8 x 46 MB 31.8-33.8 GB/s with the prefetch
 // against 26.5-27.5 without (TinyLlama-1.1B F32 decode 7.1-7.3 -> 7.4-7.5 tok/s).
+// The fp32 vectors of dot_row and gemm: 16 lanes (AVX-512) and 8 (AVX2), loading fp32, bf16 or fp16.
+#if defined(__AVX512F__)
+struct Lanes16 {
+  using T = __m512;
+  static constexpr int L = 16;
+  static T zero() { return _mm512_setzero_ps(); }
+  static T load(const float* p) { return _mm512_loadu_ps(p); }
+  static T load(const c10::BFloat16* p) {  // bf16 is the high half of an fp32
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+  }
+  static T load(const c10::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static T fmadd(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static T add(T a, T b) { return _mm512_add_ps(a, b); }
+  static float sum(T v) { return _mm512_reduce_add_ps(v); }
+};
+#endif
+struct Lanes8 {
+  using T = __m256;
+  static constexpr int L = 8;
+  static T zero() { return _mm256_setzero_ps(); }
+  template <typename W>
+  static T load(const W* p) { return load8(p); }
+  static T fmadd(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static T add(T a, T b) { return _mm256_add_ps(a, b); }
+  static float sum(T v) { return hsum(v); }
+};
+
 #if defined(__AVX512F__) && defined(LMFORGE_ZMM) && LMFORGE_ZMM == 1
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const c10::BFloat16* p) {  // bf16 is the high half of an fp32
-  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-}
-inline __m512 load16(const c10::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+using RowVec = Lanes16;
+constexpr bool ROW_PREFETCH = true;
+#else
+using RowVec = Lanes8;
+constexpr bool ROW_PREFETCH = false;
+#endif
 
 template <int MR, typename W>
 inline void dot_row(const W* w, int64_t K, const float* x, float* y, int64_t ldy) {
-  constexpr int A = MR == 1 ? 4 : 2;
-  __m512 acc[MR][A];
-  for (int m = 0; m < MR; ++m)
-    for (int a = 0; a < A; ++a) acc[m][a] = _mm512_setzero_ps();
-  const int64_t KA = K / (16 * A) * (16 * A), K16 = K / 16 * 16;
+  using V = RowVec;
+  constexpr int A = MR == 1 ? 4 : 2, L = V::L;
   constexpr int64_t AHEAD = 8192 / sizeof(W);  // 8 KiB ahead (prefetching past the row's end is harmless)
-  for (int64_t k = 0; k < KA; k += 16 * A) {
-    for (int a = 0; a < A; ++a) {
-      if ((16 * a * sizeof(W)) % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(w + k + AHEAD + 16 * a), _MM_HINT_T0);
-      const __m512 wv = load16(w + k + 16 * a);
-      for (int m = 0; m < MR; ++m) acc[m][a] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + m * K + k + 16 * a), acc[m][a]);
-    }
-  }
-  for (int64_t k = KA; k < K16; k += 16) {
-    const __m512 wv = load16(w + k);
-    for (int m = 0; m < MR; ++m) acc[m][0] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + m * K + k), acc[m][0]);
-  }
-  for (int m = 0; m < MR; ++m) {
-    __m512 t = acc[m][0];
-    for (int a = 1; a < A; ++a) t = _mm512_add_ps(t, acc[m][a]);
-    float s = _mm512_reduce_add_ps(t);
-    for (int64_t k = K16; k < K; ++k) s += static_cast<float>(w[k]) * x[m * K + k];
-    y[m * ldy] = s;
-  }
-}
-#else
-template <int MR, typename W>
-inline void dot_row(const W* w, int64_t K, const float* x, float* y, int64_t ldy) {
-  constexpr int A = MR == 1 ? 4 : 2;
-  __m256 acc[MR][A];
+  typename V::T acc[MR][A];
   for (int m = 0; m < MR; ++m)
-    for (int a = 0; a < A; ++a) acc[m][a] = _mm256_setzero_ps();
-  const int64_t KA = K / (8 * A) * (8 * A), K8 = K / 8 * 8;
-  for (int64_t k = 0; k < KA; k += 8 * A) {
+    for (int a = 0; a < A; ++a) acc[m][a] = V::zero();
+  const int64_t KA = K / (L * A) * (L * A), KL = K / L * L;
+  for (int64_t k = 0; k < KA; k += L * A) {
     for (int a = 0; a < A; ++a) {
-      const __m256 wv = load8(w + k + 8 * a);
-      for (int m = 0; m < MR; ++m) acc[m][a] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * K + k + 8 * a), acc[m][a]);
+      if constexpr (ROW_PREFETCH)
+        if ((L * a * sizeof(W)) % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(w + k + AHEAD + L * a), _MM_HINT_T0);
+      const typename V::T wv = V::load(w + k + L * a);
+      for (int m = 0; m < MR; ++m) acc[m][a] = V::fmadd(wv, V::load(x + m * K + k + L * a), acc[m][a]);
     }
   }
-  for (int64_t k = KA; k < K8; k += 8) {
-    const __m256 wv = load8(w + k);
-    for (int m = 0; m < MR; ++m) acc[m][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * K + k), acc[m][0]);
+  for (int64_t k = KA; k < KL; k += L) {
+    const typename V::T wv = V::load(w + k);
+    for (int m = 0; m < MR; ++m) acc[m][0] = V::fmadd(wv, V::load(x + m * K + k), acc[m][0]);
   }
   for (int m = 0; m < MR; ++m) {
-    __m256 t = acc[m][0];
-    for (int a = 1; a < A; ++a) t = _mm256_add_ps(t, acc[m][a]);
-    float s = hsum(t);
-    for (int64_t k = K8; k < K; ++k) s += static_cast<float>(w[k]) * x[m * K + k];
+    typename V::T t = acc[m][0];
+    for (int a = 1; a < A; ++a) t = V::add(t, acc[m][a]);
+    float s = V::sum(t);
+    for (int64_t k = KL; k < K; ++k) s += static_cast<float>(w[k]) * x[m * K + k];
     y[m * ldy] = s;
   }
 }
-#endif
 
 // Prompt-sized products (gemm, below) where they were measured to beat ATen's GEMM, whose MKL sgemm takes a
 // slow generic path on AMD CPUs: in 512-bit vectors on Zen 5 (the 512-bit build, LMFORGE_ZMM = 1), at any
@@ -118,30 +120,15 @@ inline bool prompt_kernel_takes(int64_t M, bool panels = false) {
 #if LMFORGE_PROMPT_BITS == 512
 // 16 lanes: R x MR = 24 accumulators, R weight vectors and one of x in the 32 registers. On Zen 5 gemm
 // reaches 240-340 GFLOP/s (2 threads) where ATen's MKL sgemm reaches 107-220.
-struct Vec {
-  using T = __m512;
-  static constexpr int L = 16, R = 4, MR = 6;
-  static T zero() { return _mm512_setzero_ps(); }
-  static T load(const float* p) { return _mm512_loadu_ps(p); }
-  static T load(const c10::BFloat16* p) {  // bf16 is the high half of an fp32
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
-  }
-  static T load(const c10::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
-  static T fmadd(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
-  static float sum(T v) { return _mm512_reduce_add_ps(v); }
+struct Vec : Lanes16 {
+  static constexpr int R = 4, MR = 6;
 };
 #elif LMFORGE_PROMPT_BITS == 256
 // 8 lanes: R x MR = 12 accumulators, 3 weight vectors and one of x fill the 16 registers: per 8 columns
 // 12 FMAs (6 cycles at two a cycle) against 7 loads. On Zen 2 gemm reaches 120-143 GFLOP/s at 32 rows
 // (2 threads) where ATen's reaches 40-90; 2 x 6 and 4 x 2 / 4 x 3 tiles measured 5-20% slower.
-struct Vec {
-  using T = __m256;
-  static constexpr int L = 8, R = 3, MR = 4;
-  static T zero() { return _mm256_setzero_ps(); }
-  template <typename W>
-  static T load(const W* p) { return load8(p); }
-  static T fmadd(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
-  static float sum(T v) { return hsum(v); }
+struct Vec : Lanes8 {
+  static constexpr int R = 3, MR = 4;
 };
 #endif
 
