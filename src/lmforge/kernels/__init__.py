@@ -201,7 +201,7 @@ def dense_prompt_kernel() -> bool:
 def amx_products() -> bool:
     """Whether prompts' integer products (act_bits 16 / 8, from 16 rows of x) run on Intel's AMX tiles:
     a native build for a CPU with AMX-INT8 (Sapphire Rapids on) whose process Linux granted the tile state,
-    unless LMFORGE_KERNEL_AMX=0 (benchmarks/RESULTS.md: prefill of the default model 1.3-1.9x as fast)."""
+    unless LMFORGE_KERNEL_AMX=0 (benchmarks/RESULTS.md: prefill of the default model 1.5-1.7x as fast)."""
     global _amx
     if _amx is None:
         _amx = backend() == "native" and bool(torch.ops.lmforge.amx_products())

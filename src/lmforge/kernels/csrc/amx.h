@@ -385,8 +385,8 @@ struct ActPasses {
   const int8_t* tiles_of(int64_t p) const { return tiles.data() + p * act_bytes(K); }
   const float* scales_of(int64_t p) const { return scales.data() + p * nsb * 16; }
 
-  // parallel: the passes spread over ATen's threads (a prompt), else made by the calling thread
-  void build(const QRow* xr, int64_t M, bool two, int64_t K_, int64_t grouped, int sbw, bool parallel) {
+  // the passes spread over ATen's threads
+  void build(const QRow* xr, int64_t M, bool two, int64_t K_, int64_t grouped, int sbw) {
     K = K_;
     nsb = K / sbw;
     const int64_t per = pass_rows(two), passes = (M + per - 1) / per, per_block = QK / sbw;
@@ -406,17 +406,12 @@ struct ActPasses {
           }
       }
     };
-    if (parallel) {
-      at::parallel_for(0, passes, 1, make);
-    } else {
-      make(0, passes);
-    }
+    at::parallel_for(0, passes, 1, make);
   }
 };
 
-// Thread-local room for a call's activation passes and a weight tile.
+// Thread-local room for a weight tile, and the tile configuration loaded.
 struct Scratch {
-  ActPasses act;
   WeightTile tile;
   int sbw = 0, cols = 0;  // the tile configuration loaded (0: none)
 };
@@ -443,8 +438,8 @@ inline void release() {
 // y [M, ldy] columns n0 .. n0 + 15 for all M rows, pass after pass. Configures the tiles as the passes
 // need; the caller releases them (release()) when its tiles are done.
 template <typename Rows>
-void tile_rows(const Rows& w, int64_t N, int64_t n0, const QRow* xr, int64_t M, bool two, const ActPasses& act,
-               float* y, int64_t ldy) {
+void multiply_tile(const Rows& w, int64_t N, int64_t n0, const QRow* xr, int64_t M, bool two, const ActPasses& act,
+                   float* y, int64_t ldy) {
   WeightTile& t = scratch().tile;
   load_tile(w, N, n0, t);
   const int64_t per = pass_rows(two);

@@ -18,15 +18,6 @@ namespace lmforge_dense {
 using lmforge_simd::hsum;
 using lmforge_simd::load8;
 
-// y[m * ldy] = dot(w, x row m) for one weight row and MR activation rows. One row at a time, read
-// front to back with no software prefetch, streams as fast as a plain sum over the weights (17-19
-// GB/s here), where 4 rows side by side with prefetching reached 12-14 GB/s (a standalone harness
-// over a 230 MB matrix, benchmarks/RESULTS.md). The products are spread over A accumulators per
-// activation row along k, so that the FMA latency never limits the stream. In the 512-bit build
-// (LMFORGE_ZMM = 1: full-width 512-bit units) the loads are 512-bit, with a software prefetch 8 KiB
-// ahead: on an Emerald Rapids VM a harness streaming 369 MB of fp32 rows (2 threads) read 30-32 GB/s
-// against 25-26 with 256-bit loads, and dense_linear over 8 x 46 MB 31.8-33.8 GB/s with the prefetch
-// against 26.5-27.5 without (TinyLlama-1.1B F32 decode 7.1-7.3 -> 7.4-7.5 tok/s).
 // The fp32 vectors of dot_row and gemm: 16 lanes (AVX-512) and 8 (AVX2), loading fp32, bf16 or fp16.
 #if defined(__AVX512F__)
 struct Lanes16 {
@@ -43,6 +34,7 @@ struct Lanes16 {
   static float sum(T v) { return _mm512_reduce_add_ps(v); }
 };
 #endif
+
 struct Lanes8 {
   using T = __m256;
   static constexpr int L = 8;
@@ -54,6 +46,16 @@ struct Lanes8 {
   static float sum(T v) { return hsum(v); }
 };
 
+// y[m * ldy] = dot(w, x row m) for one weight row and MR activation rows. One row at a time, read
+// front to back with no software prefetch, streams as fast as a plain sum over the weights (17-19
+// GB/s here), where 4 rows side by side with prefetching reached 12-14 GB/s (a standalone harness
+// over a 230 MB matrix, benchmarks/RESULTS.md). The products are spread over A accumulators per
+// activation row along k, so that the FMA latency never limits the stream. In the 512-bit build
+// (LMFORGE_ZMM = 1: full-width 512-bit units) the loads are 512-bit, with a software prefetch 8 KiB
+// ahead: on an Emerald Rapids VM a harness streaming 369 MB of fp32 rows (benchmarks/probes/gemv.c,
+// 2 threads) read 30-32 GB/s against 25-26 with 256-bit loads, and dense_linear over 8 x 46 MB
+// 31.8-33.8 GB/s with the prefetch against 26.5-27.5 without (TinyLlama-1.1B F32 decode 7.1-7.3 ->
+// 7.4-7.5 tok/s).
 #if defined(__AVX512F__) && defined(LMFORGE_ZMM) && LMFORGE_ZMM == 1
 using RowVec = Lanes16;
 constexpr bool ROW_PREFETCH = true;

@@ -56,29 +56,20 @@ void panel(const Rows& w, int64_t n_begin, int64_t n_end, const QRow* xr, float*
 }
 
 #if LMFORGE_AMX
-// y [M, N] on the AMX tiles (amx.h): the weight's tiles of 16 rows spread over the threads, each with all
-// the rows of x; the rows past the last whole tile with the vector tiles.
+// y [M, N] on the AMX tiles (amx.h) for the weight's whole tiles of 16 rows, spread over the threads, each
+// with all the rows of x; returns the weight rows done (the caller does the rest with the vector tiles).
 template <bool TWO, typename Rows>
-void amx_rows(const Rows& w, const RoundedRows& rounded, float* y, int64_t M, int64_t N) {
+int64_t amx_rows(const Rows& w, const RoundedRows& rounded, float* y, int64_t M, int64_t N) {
   namespace amx = lmforge_amx;
   amx::ActPasses act;
-  act.build(rounded.rows.data(), M, TWO, w.K, w.grouped(), amx::scale_block<Rows>(), /*parallel=*/true);
+  act.build(rounded.rows.data(), M, TWO, w.K, w.grouped(), amx::scale_block<Rows>());
   const int64_t tiles = N / amx::TILE_ROWS;
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t)
-      amx::tile_rows(w, N, t * amx::TILE_ROWS, rounded.rows.data(), M, TWO, act, y, N);
+      amx::multiply_tile(w, N, t * amx::TILE_ROWS, rounded.rows.data(), M, TWO, act, y, N);
     amx::release();
   });
-  for (int64_t m0 = 0; m0 < M && tiles * amx::TILE_ROWS < N; m0 += MAX_ROWS) {
-    const QRow* xr = rounded.rows.data() + m0;
-    float* ym = y + m0 * N;
-    switch (std::min(MAX_ROWS, M - m0)) {
-      case 1: panel<1, TWO>(w, tiles * amx::TILE_ROWS, N, xr, ym, N); break;
-      case 2: panel<2, TWO>(w, tiles * amx::TILE_ROWS, N, xr, ym, N); break;
-      case 3: panel<3, TWO>(w, tiles * amx::TILE_ROWS, N, xr, ym, N); break;
-      default: panel<4, TWO>(w, tiles * amx::TILE_ROWS, N, xr, ym, N); break;
-    }
-  }
+  return tiles * amx::TILE_ROWS;
 }
 #endif
 
@@ -90,12 +81,6 @@ void gemv_rows(const Rows& w, const float* x, float* y, int64_t M, int64_t N, in
   RoundedRows rounded;
   rounded.reserve(M, K, TWO);
   at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) { rounded.round_rows(x, m0, m1, K, TWO, w.grouped()); });
-#if LMFORGE_AMX
-  if (lmforge_amx::available() && M >= lmforge_amx::MIN_ROWS) {
-    amx_rows<TWO>(w, rounded, y, M, N);
-    return;
-  }
-#endif
   auto rows = [&](int64_t m0, auto pass) {
     const QRow* xr = rounded.rows.data() + m0;
     switch (std::min(MAX_ROWS, M - m0)) {
@@ -105,6 +90,14 @@ void gemv_rows(const Rows& w, const float* x, float* y, int64_t M, int64_t N, in
       default: pass(std::integral_constant<int, 4>{}, xr, y + m0 * N); break;
     }
   };
+#if LMFORGE_AMX
+  if (lmforge_amx::available() && M >= lmforge_amx::MIN_ROWS) {
+    const int64_t done = amx_rows<TWO>(w, rounded, y, M, N);
+    for (int64_t m0 = 0; m0 < M && done < N; m0 += MAX_ROWS)
+      rows(m0, [&](auto mr, const QRow* xr, float* ym) { panel<decltype(mr)::value, TWO>(w, done, N, xr, ym, N); });
+    return;
+  }
+#endif
   if (M <= MAX_ROWS) {
     rows(0, [&](auto mr, const QRow* xr, float* ym) { gemv<decltype(mr)::value, TWO>(w, xr, ym, N, bytes_per_row); });
     return;
