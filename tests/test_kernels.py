@@ -295,6 +295,26 @@ def test_rounded_activations_at_the_extremes(native, bits, M, sign):
 
 
 @pytest.mark.parametrize("bits", [16, 8])
+@pytest.mark.parametrize("M", [1, 2, 3, 4])
+def test_integer_tiles_with_plain_blocks_after_the_groups(native, bits, M):
+    """Decode-sized x (1-4 rows) through the integer tiles, with 1, 2 and 4 plain blocks after the
+    interleaved groups (K = 288, 320, 384, 576) and every whole-block layout, mins and no mins: the
+    reference's result. N = 21 takes whole tiles of 4 weight rows and the rows past them."""
+    N = 21
+    for K in (288, 320, 384, 576):
+        g = torch.Generator().manual_seed(M * 7 + bits + K)
+        x = torch.randn(M, K, generator=g) * torch.rand(1, K, generator=g) * 3
+        qs, s, m = random_int4(N, K, 32, torch.float16, seed=K)
+        wider = random_int4(N, K, 96 if K % 64 else 64, torch.float32, seed=K + 1)  # scale groups of 2-3 blocks
+        for w in [(qs, s, m), (qs, s, m[:, :0]), wider]:
+            assert_matches_reference(kernels.int4_linear(x, *w, bits), reference.int4_linear(x, *w, act_bits=bits))
+        q8 = torch.randint(-128, 128, (N, K), dtype=torch.int8, generator=g)
+        s8 = (torch.rand(N, K // 32, generator=g) * 0.01).half()
+        for q in (q8, reference.pack_int8_groups(q8)):
+            assert_matches_reference(kernels.int8_linear(x, q, s8, bits), reference.int8_linear(x, q, s8, bits))
+
+
+@pytest.mark.parametrize("bits", [16, 8])
 @pytest.mark.parametrize("M", [16, 17, 40])
 def test_prompt_products_in_every_layout(native, bits, M):
     """From 16 rows of x the integer products take whole tiles of 16 weight rows (on the AMX tiles where
