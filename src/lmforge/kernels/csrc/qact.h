@@ -312,6 +312,13 @@ struct Int4Rows : Int4Layout<S> {
     const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);  // 0 | 4 bits
     return _mm512_and_si512(_mm512_srlv_epi16(raw, shift), _mm512_set1_epi8(0x0F));
   }
+  // piece512 with the high nibbles left in place (16 times the codes, at most 240): one AND. Products
+  // with the upper 256 bits are then HIGH_SHIFT bits too large, which the tile shifts off their sums.
+  static constexpr int HIGH_SHIFT = 4;
+  static __m512i piece512x(const uint8_t* group, int t) {
+    const __m512i raw = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 32 * t)));
+    return _mm512_and_si512(raw, _mm512_inserti64x4(_mm512_set1_epi8(0x0F), _mm256_set1_epi8(static_cast<char>(0xF0)), 1));
+  }
 #endif
   // The int16 products (tile_groups16): piece t's bytes as pair words (h = 0, 1), both nibbles of a
   // code byte in the word's low byte; wide takes the low nibbles (u = 0, vector 2t) or the high ones
@@ -375,6 +382,8 @@ struct Int8Rows : Int8Layout<S, C> {
   static __m512i piece512(const C* group, int t) {  // vectors 2t and 2t + 1 (tile_groups512)
     return _mm512_loadu_si512(group + 64 * t);
   }
+  static constexpr int HIGH_SHIFT = 0;
+  static __m512i piece512x(const C* group, int t) { return piece512(group, t); }
 #endif
   static __m256i dot2(__m256i acc, __m256i v0, __m256i s0, __m256i v1, __m256i s1) {
     if constexpr (BIASED) {
@@ -658,12 +667,29 @@ __attribute__((always_inline)) inline void pair_params(const QRow* xr, int p, in
   if constexpr (MIN) sums2 = both(xr[2 * p].sums + b0, xr[2 * p + 1].sums + b0);
 }
 
+// Sums of products with the upper 256 bits of piece512x, back to the codes' scale (exact: they are
+// multiples of 2^HIGH_SHIFT).
+template <typename Rows>
+__attribute__((always_inline)) inline __m256i high_sums(__m256i v) {
+  if constexpr (Rows::HIGH_SHIFT) return _mm256_srai_epi32(v, Rows::HIGH_SHIFT);
+  return v;
+}
+template <typename Rows>
+__attribute__((always_inline)) inline __m512i high_sums(__m512i v) {
+  if constexpr (Rows::HIGH_SHIFT) return _mm512_srai_epi32(v, Rows::HIGH_SHIFT);
+  return v;
+}
+
 // tile_groups in 512-bit vectors (HAS_ZMM; VNNI): vectors 2t and 2t + 1 of a group (weight and
 // activation) in one register, one dpbusd for both, and the two halves of the sums added after the
 // group: lane j and lane 8 + j both hold block j. From two activation rows on, the epilogue takes them
 // in pairs (one 512-bit register holds a weight row's 8 block sums with rows 2p and 2p + 1), so that
 // each conversion and scaling serves two rows; an odd last row goes alone in 256 bits (grouped int8 at 4
 // activation rows, one plane: 0.83-0.86x the time of the per-row epilogue, A/B harness, K = 576).
+// int4 pieces come as piece512x (the high nibbles not shifted down: one AND per piece, and one shift
+// per sum of the upper halves after the group; exact in int32, a lane sums 16 products of at most
+// 240 x 127, times 254 with two planes): 0.82-0.85x the tile time of piece512 at one activation row,
+// act-bits 16, K = 1,536 (0.87x at K = 576; act-bits 8: 0.88x; 4 rows at act-bits 8: 0.92-0.96x).
 // Half-block scales stay with tile_groups: split in two sums per group here, the epilogue's
 // 512-bit multiply ran TinyLlama-shaped Q6_K 0.88-0.90x as fast on an Emerald Rapids VM.
 template <int R, int MR, bool TWO, typename Rows>
@@ -682,7 +708,7 @@ __attribute__((always_inline)) inline void tile_groups512(const Rows& w, int64_t
     UNROLL for (int t = 0; t < 4; ++t) {
       UNROLL for (int r = 0; r < R; ++r) {
         prefetch_piece(w, n0 + AHEAD * R + r, g, t);  // the same bytes of the rows AHEAD tiles on
-        const __m512i v = Rows::piece512(w.row(n0 + r) + g * Rows::GROUP_BYTES, t);
+        const __m512i v = Rows::piece512x(w.row(n0 + r) + g * Rows::GROUP_BYTES, t);
         UNROLL for (int m = 0; m < MR; ++m) {
           sa[r][m] = _mm512_dpbusd_epi32(sa[r][m], v, _mm512_loadu_si512(xr[m].a + b0 * QK + 64 * t));
           if constexpr (TWO) sb[r][m] = _mm512_dpbusd_epi32(sb[r][m], v, _mm512_loadu_si512(xr[m].b + b0 * QK + 64 * t));
@@ -694,7 +720,7 @@ __attribute__((always_inline)) inline void tile_groups512(const Rows& w, int64_t
       UNROLL for (int r = 0; r < R; ++r)
         UNROLL for (int m = 0; m < MR; ++m) {
           const __m512i both = TWO ? _mm512_add_epi32(_mm512_mullo_epi32(sa[r][m], _mm512_set1_epi32(254)), sb[r][m]) : sa[r][m];
-          s[r][m] = _mm256_add_epi32(_mm512_castsi512_si256(both), _mm512_extracti64x4_epi64(both, 1));
+          s[r][m] = _mm256_add_epi32(_mm512_castsi512_si256(both), high_sums<Rows>(_mm512_extracti64x4_epi64(both, 1)));
           if constexpr (Rows::BIASED)  // (q + 128) . c = q . c + 128 sum(c)
             s[r][m] = _mm256_sub_epi32(s[r][m], _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[m].csum + b0)), 7));
         }
@@ -721,14 +747,14 @@ __attribute__((always_inline)) inline void tile_groups512(const Rows& w, int64_t
       const __m512 scale = _mm512_broadcast_f32x8(ws), min = _mm512_broadcast_f32x8(wm);
       UNROLL for (int p = 0; p < MP; ++p) {  // the halves of rows 2p and 2p + 1 onto lanes 0-7 and 8-15
         const __m512i a = sa[r][2 * p], b = sa[r][2 * p + 1];
-        __m512i sum = _mm512_add_epi32(_mm512_shuffle_i64x2(a, b, 0x44), _mm512_shuffle_i64x2(a, b, 0xEE));
+        __m512i sum = _mm512_add_epi32(_mm512_shuffle_i64x2(a, b, 0x44), high_sums<Rows>(_mm512_shuffle_i64x2(a, b, 0xEE)));
         if constexpr (Rows::BIASED) sum = _mm512_sub_epi32(sum, bias2[p]);
         acc2[r][p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(scale, d2[p]), acc2[r][p]);
         if constexpr (Rows::HAS_MIN) acc2[r][p] = _mm512_fmadd_ps(min, sums2[p], acc2[r][p]);
       }
       if constexpr (MR % 2 == 1) {
         constexpr int m = MR - 1;
-        __m256i s = _mm256_add_epi32(_mm512_castsi512_si256(sa[r][m]), _mm512_extracti64x4_epi64(sa[r][m], 1));
+        __m256i s = _mm256_add_epi32(_mm512_castsi512_si256(sa[r][m]), high_sums<Rows>(_mm512_extracti64x4_epi64(sa[r][m], 1)));
         if constexpr (Rows::BIASED)
           s = _mm256_sub_epi32(s, _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[m].csum + b0)), 7));
         acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(ws, _mm256_loadu_ps(xr[m].d + b0)), acc[r][m]);
