@@ -656,6 +656,17 @@ __attribute__((always_inline)) inline void tile_groups(const Rows& w, int64_t n0
 }
 
 #if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+// The paired epilogues' sums (tile_groups512, tile_groups512w): the halves of acc2[r][p] onto
+// activation rows 2p and 2p + 1 of weight row r
+template <int R, int MR, int MP1>
+__attribute__((always_inline)) inline void add_pairs(const __m512 (&acc2)[R][MP1], __m256 (&acc)[R][MR]) {
+  UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int p = 0; p < MR / 2; ++p) {
+      acc[r][2 * p] = _mm256_add_ps(acc[r][2 * p], _mm512_castps512_ps256(acc2[r][p]));
+      acc[r][2 * p + 1] = _mm256_add_ps(acc[r][2 * p + 1], _mm512_extractf32x8_ps(acc2[r][p], 1));
+    }
+}
+
 // The block scales d of activation rows 2p and 2p + 1 for blocks b0 .. b0 + 7 side by side (lanes 0-7
 // and 8-15), and with mins their block sums the same way: the 512-bit epilogues take two rows at once.
 template <bool MIN>
@@ -763,11 +774,7 @@ __attribute__((always_inline)) inline void tile_groups512(const Rows& w, int64_t
       }
     }
   }
-  UNROLL for (int r = 0; r < R; ++r)
-    UNROLL for (int p = 0; p < MP; ++p) {
-      acc[r][2 * p] = _mm256_add_ps(acc[r][2 * p], _mm512_castps512_ps256(acc2[r][p]));
-      acc[r][2 * p + 1] = _mm256_add_ps(acc[r][2 * p + 1], _mm512_extractf32x8_ps(acc2[r][p], 1));
-    }
+  add_pairs(acc2, acc);
 }
 #endif
 
@@ -833,11 +840,7 @@ __attribute__((always_inline)) inline void tile_groups512w(const Rows& w, int64_
       }
     }
   }
-  UNROLL for (int r = 0; r < R; ++r)
-    UNROLL for (int p = 0; p < MP; ++p) {
-      acc[r][2 * p] = _mm256_add_ps(acc[r][2 * p], _mm512_castps512_ps256(acc2[r][p]));
-      acc[r][2 * p + 1] = _mm256_add_ps(acc[r][2 * p + 1], _mm512_extractf32x8_ps(acc2[r][p], 1));
-    }
+  add_pairs(acc2, acc);
 }
 #endif
 
@@ -909,6 +912,32 @@ __attribute__((always_inline)) inline void add_chunks(const __m512 (&tacc)[MR], 
 #endif
 
 #if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+// The loop of the cross-row tails: blocks first .. nb - 1 of the tile's 4 weight rows in pairs (none
+// with an odd count: the caller's loop takes them all). pair(A, add) makes blocks A and A + 1's integer
+// sums s (chunk q: row q) for each activation row m and passes them to add(m, s), which scales them by
+// the weights' scales and x's, adds the weight mins times x's code sums, and keeps them in 512 bits until
+// the end. Returns the first block left to the caller.
+template <int MR, typename Rows, typename Pair>
+__attribute__((always_inline)) inline int64_t cross_pairs(const Rows& w, int64_t n0, const QRow* xr, int64_t first,
+                                                          __m256 (&acc)[4][MR], Pair&& pair) {
+  const int64_t nb = w.K / QK, bpg = nb / w.G;
+  if (first == nb || (nb - first) % 2) return first;
+  __m512 tacc[MR];
+  UNROLL for (int m = 0; m < MR; ++m) tacc[m] = _mm512_setzero_ps();
+  for (int64_t A = first; A < nb; A += 2) {
+    __m512 ws[2], wm[2];
+    cross_params(w, n0, A, bpg, ws, wm);
+    pair(A, [&](int m, const std::array<__m512i, 2>& s) __attribute__((always_inline)) {
+      UNROLL for (int b = 0; b < 2; ++b) {
+        tacc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[b]), _mm512_mul_ps(ws[b], _mm512_set1_ps(xr[m].d[A + b])), tacc[m]);
+        tacc[m] = _mm512_fmadd_ps(wm[b], _mm512_set1_ps(xr[m].sums[A + b]), tacc[m]);
+      }
+    });
+  }
+  add_chunks(tacc, acc);
+  return nb;
+}
+
 // The cross-row tail with two planes at several activation rows (wide_groups512): each row's two blocks
 // widened to int16 codes, the chunks of the 4 rows transposed, and per activation row 8 dpwssd (the 8
 // columns of c in a chunk broadcast), block A's sums in one register and A + 1's in another. Exact in
@@ -918,11 +947,7 @@ __attribute__((always_inline)) inline void add_chunks(const __m512 (&tacc)[MR], 
 template <int MR, typename Rows>
 __attribute__((always_inline)) inline int64_t cross_tail(const Rows& w, int64_t n0, const QRow* xr, int64_t first,
                                                          __m256 (&acc)[4][MR]) {
-  const int64_t nb = w.K / QK, bpg = nb / w.G;
-  if (first == nb || (nb - first) % 2) return first;
-  __m512 tacc[MR];
-  UNROLL for (int m = 0; m < MR; ++m) tacc[m] = _mm512_setzero_ps();
-  for (int64_t A = first; A < nb; A += 2) {
+  return cross_pairs(w, n0, xr, first, acc, [&](int64_t A, auto&& add) __attribute__((always_inline)) {
     __m512i lo[4], hi[4];
     UNROLL for (int q = 0; q < 4; ++q) {  // words: block A's columns 0-15 then block A + 1's (lo), 16-31 (hi)
       const __m512i wide = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.row(n0 + q) + A * Rows::BLOCK_BYTES)));
@@ -934,26 +959,19 @@ __attribute__((always_inline)) inline int64_t cross_tail(const Rows& w, int64_t 
     __m512i T[8];
     transpose_chunks(lo, T);
     transpose_chunks(hi, T + 4);
-    __m512 ws[2], wm[2];
-    cross_params(w, n0, A, bpg, ws, wm);
     UNROLL for (int m = 0; m < MR; ++m) {
       const int16_t* c = xr[m].c + A * QK;
       auto chunk = [&](int off) { return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + off))); };
-      __m512i s[2];
+      std::array<__m512i, 2> s;
       UNROLL for (int b = 0; b < 2; ++b) {  // block A + b: T[2b], T[2b + 1], T[4 + 2b], T[5 + 2b]
         __m512i t = _mm512_dpwssd_epi32(_mm512_setzero_si512(), T[2 * b], chunk(QK * b));
         t = _mm512_dpwssd_epi32(t, T[2 * b + 1], chunk(QK * b + 8));
         t = _mm512_dpwssd_epi32(t, T[4 + 2 * b], chunk(QK * b + 16));
         s[b] = _mm512_dpwssd_epi32(t, T[5 + 2 * b], chunk(QK * b + 24));
       }
-      UNROLL for (int b = 0; b < 2; ++b) {
-        tacc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[b]), _mm512_mul_ps(ws[b], _mm512_set1_ps(xr[m].d[A + b])), tacc[m]);
-        tacc[m] = _mm512_fmadd_ps(wm[b], _mm512_set1_ps(xr[m].sums[A + b]), tacc[m]);
-      }
+      add(m, s);
     }
-  }
-  add_chunks(tacc, acc);
-  return nb;
+  });
 }
 #endif
 
@@ -967,16 +985,10 @@ __attribute__((always_inline)) inline int64_t cross_tail(const Rows& w, int64_t 
 template <int MR, bool TWO, typename Rows>
 __attribute__((always_inline)) inline int64_t cross_tail8(const Rows& w, int64_t n0, const QRow* xr, int64_t first,
                                                           __m256 (&acc)[4][MR]) {
-  const int64_t nb = w.K / QK, bpg = nb / w.G;
-  if (first == nb || (nb - first) % 2) return first;
-  __m512 tacc[MR];
-  UNROLL for (int m = 0; m < MR; ++m) tacc[m] = _mm512_setzero_ps();
-  for (int64_t A = first; A < nb; A += 2) {
+  return cross_pairs(w, n0, xr, first, acc, [&](int64_t A, auto&& add) __attribute__((always_inline)) {
     __m512i v[4], T[4];
     UNROLL for (int q = 0; q < 4; ++q) v[q] = Rows::piece512(w.row(n0 + q) + A * Rows::BLOCK_BYTES, 0);
     transpose_chunks(v, T);
-    __m512 ws[2], wm[2];
-    cross_params(w, n0, A, bpg, ws, wm);
     UNROLL for (int m = 0; m < MR; ++m) {
       auto products = [&](const int8_t* x) {  // block A + b: T[b] (columns 0-15) and T[2 + b] (16-31)
         auto chunk = [&](int off) { return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + off))); };
@@ -990,14 +1002,9 @@ __attribute__((always_inline)) inline int64_t cross_tail8(const Rows& w, int64_t
         const std::array<__m512i, 2> sb = products(xr[m].b + A * QK);
         UNROLL for (int b = 0; b < 2; ++b) s[b] = _mm512_add_epi32(_mm512_mullo_epi32(s[b], _mm512_set1_epi32(254)), sb[b]);
       }
-      UNROLL for (int b = 0; b < 2; ++b) {
-        tacc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[b]), _mm512_mul_ps(ws[b], _mm512_set1_ps(xr[m].d[A + b])), tacc[m]);
-        tacc[m] = _mm512_fmadd_ps(wm[b], _mm512_set1_ps(xr[m].sums[A + b]), tacc[m]);
-      }
+      add(m, s);
     }
-  }
-  add_chunks(tacc, acc);
-  return nb;
+  });
 }
 #endif
 
