@@ -637,14 +637,32 @@ def test_fallback_when_native_is_disabled():
 
 
 def test_fake_tensor_shapes():
+    """Every op's fake (what torch.compile traces with) gives the real op's shape and dtype."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     kernels.backend()
-    with FakeTensorMode():
-        x = torch.empty(2, 5, 64)
-        y = torch.ops.lmforge.int4_linear(x, torch.empty(9, 32, dtype=torch.uint8), torch.empty(9, 2),
-                                          torch.empty(9, 2))
-        assert y.shape == (2, 5, 9)
+    B, S, H, KV, hd, L = 2, 1, 4, 2, 16, 24
+    calls = {
+        "int4_linear": lambda: (torch.randn(2, 5, 64), torch.randint(0, 255, (9, 32), dtype=torch.uint8),
+                                torch.rand(9, 2), torch.rand(9, 2)),
+        "int8_linear": lambda: (torch.randn(3, 64), torch.randint(-9, 9, (7, 64), dtype=torch.int8), torch.rand(7, 2)),
+        "dense_linear": lambda: (torch.randn(1, 3, 32), torch.randn(5, 32)),
+        "rms_norm": lambda: (torch.randn(2, 3, 32), torch.rand(32), 1e-5),
+        "silu_mul": lambda: (torch.randn(2, 1, 64),),
+        "int4_rows": lambda: (torch.tensor([[1, 0]]), torch.randint(0, 255, (3, 16), dtype=torch.uint8),
+                              torch.rand(3, 1), torch.rand(3, 1)),
+        "int8_rows": lambda: (torch.tensor([2, 0]), torch.randint(-9, 9, (3, 32), dtype=torch.int8), torch.rand(3, 1)),
+        "attention_decode": lambda: (torch.randn(B, S, H + 2 * KV, hd), torch.rand(B, S, 1, hd), torch.rand(B, S, 1, hd),
+                                     torch.zeros(B, KV, L, hd), torch.zeros(B, KV, L, hd), torch.tensor([5]),
+                                     torch.ones(B, 1, S, L, dtype=torch.bool), H, KV, 0.25, False),
+    }
+    assert set(calls) == set(kernels.SCHEMAS)
+    for name, make in calls.items():
+        op = getattr(torch.ops.lmforge, name)
+        real = op(*make())
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            fake = op(*make())
+        assert (fake.shape, fake.dtype) == (real.shape, real.dtype), name
 
 
 @pytest.mark.slow

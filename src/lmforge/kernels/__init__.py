@@ -93,8 +93,7 @@ def _fake_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tenso
     return torch.empty_like(x)
 
 
-def _fake_attention(qkv: torch.Tensor, *args) -> torch.Tensor:
-    n_heads = args[5]
+def _fake_attention(qkv: torch.Tensor, cos, sin, k_cache, v_cache, slots, mask, n_heads: int, *_) -> torch.Tensor:
     return qkv.new_empty((qkv.shape[0], qkv.shape[1], n_heads * qkv.shape[3]))
 
 
