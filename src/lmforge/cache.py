@@ -15,7 +15,12 @@ class StaticKVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.max_len = max_len
         self._spare: tuple[torch.Tensor, torch.Tensor] | None = None  # reorder's double buffer
-        self._views: tuple | None = None  # (self.k they were made from, per-layer (k, v) views)
+        self._make_views()
+
+    def _make_views(self):
+        """Per-layer (k, v) views, remade whenever k and v are replaced: made here rather than on first
+        use, so that a compiled step sees no attribute change from one call to the next."""
+        self._views = list(zip(self.k.unbind(0), self.v.unbind(0)))
 
     def update(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: int):
         """Write k, v [B, KV, S, hd] at `slots` [S]; return the first kv_len slots of the cache, in k's
@@ -27,17 +32,15 @@ class StaticKVCache:
 
     def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer's key and value buffers [B, KV, max_len, hd] (contiguous), for kernels that write
-        the cache themselves (``kernels.attention_decode``). The views are made once per buffer: a
-        decode step asks for every layer's."""
-        if self._views is None or self._views[0] is not self.k:
-            self._views = (self.k, list(zip(self.k.unbind(0), self.v.unbind(0))))
-        return self._views[1][layer]
+        the cache themselves (``kernels.attention_decode``)."""
+        return self._views[layer]
 
     def first_rows(self, n: int) -> "StaticKVCache":
         """A cache over the first n rows that shares this one's storage (prefill one prompt, then
         `reorder` it out to every beam)."""
         view = copy.copy(self)
         view.k, view.v = self.k[:, :n], self.v[:, :n]
+        view._make_views()
         return view
 
     def reorder(self, index: torch.Tensor, length: int):
@@ -50,3 +53,4 @@ class StaticKVCache:
         torch.index_select(self.v[:, :, :, :length], 1, index, out=spare_v[:, :, :, :length])
         self._spare = (self.k, self.v)
         self.k, self.v = spare_k, spare_v
+        self._make_views()
