@@ -7,7 +7,7 @@ import torch
 import transformers as T
 
 from conftest import SHARED, need
-from lmforge import LLM
+from lmforge import LLM, LmforgeError
 from lmforge.cli import main
 from lmforge.tokenizer import Tokenizer
 
@@ -97,3 +97,23 @@ def test_interactive_chat_keeps_history(monkeypatch, capsys, smollm2_path):
     assert main(["chat", "--max-new-tokens", "24"]) == 0
     out = capsys.readouterr().out
     assert "Paris" in out and "Rome" in out
+
+
+def test_random_weights_from_a_config_alone(tiny_llama, tmp_path, capsys):
+    """--random-weights: the shape of config.json with random weights, no checkpoint needed; the same
+    weights each time; bad sources are named with the fix."""
+    config = {**tiny_llama.config.to_dict(), "architectures": ["LlamaForCausalLM"]}
+    (tmp_path / "config.json").write_text(json.dumps(config))  # no weights, no tokenizer
+    a = LLM(str(tmp_path), random_weights=True)
+    b = LLM(str(tmp_path), random_weights=True)
+    assert sum(p.numel() for p in a.model.parameters()) == sum(p.numel() for p in tiny_llama.parameters())
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    assert a.model.layers[0].attn_norm.weight.eq(1).all() and a.model.embed.weight.std() > 0.01
+    ids = a.generate_ids([[3, 4, 5]], a._gen(max_new_tokens=4))
+    assert len(ids[0]) == 4
+    assert main(["bench", "-m", str(tmp_path), "--random-weights", "--random-prompt", "-p", "4", "-n", "4",
+                 "--num-iter", "1", "--num-warmup", "0", "--no-roofline"]) == 0
+    assert "random weights" in capsys.readouterr().out
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(LmforgeError, match="config.json"):
+        LLM(str(tmp_path), random_weights=True)

@@ -9,7 +9,7 @@ import torch
 
 from family_configs import all_cases
 from lmforge import LLM
-from lmforge.generation.engine import Prompts
+from lmforge.generation.engine import Prompts, static_decode_step
 from lmforge.generation.sampling import GenerationConfig
 
 CASES = all_cases()
@@ -30,9 +30,11 @@ def prompt_ids(n, vocab, seed):
     return torch.randint(3, vocab, (n,), generator=g).tolist()
 
 
-def cached_decode_error(hf, llm, plan=None, tokens=False):
+def cached_decode_error(hf, llm, plan=None, tokens=False, static=False):
     """Max |logit difference| from transformers over a 12-token prefill and 8 cached decode steps (with
-    `tokens`, through plan.step_tokens: the step's input made in the plan)."""
+    `tokens`, through plan.step_tokens: the step's input made in the plan; with `static`, through
+    static_decode_step, the step --compile compiles, run eagerly here, over a reused cache of 256 slots
+    whose later slots hold stale values)."""
     vocab = llm.config.vocab_size
     ids = prompt_ids(12, vocab, 1)
     steps = prompt_ids(8, vocab, 2)
@@ -41,9 +43,17 @@ def cached_decode_error(hf, llm, plan=None, tokens=False):
         ref = hf(full).logits.float()                           # [1, 20, V]
     eng = llm.engine
     cache = eng.new_cache(1, len(ids) + len(steps))
-    batch, key_valid, pos_table = eng.prefill_batch(Prompts.pad([ids], 0, "cpu"), len(ids) + len(steps))
+    if static:
+        cache = eng.static_cache(1, len(ids) + len(steps))
+        cache.k.normal_(), cache.v.normal_()  # what an earlier generation may have left
+    batch, key_valid, pos_table = eng.prefill_batch(Prompts.pad([ids], 0, "cpu"), cache.max_len)
     ours = [eng.forward(torch.tensor([ids]), batch, cache, last_only=False)[0]]
     for i, t in enumerate(steps):
+        if static:
+            with torch.inference_mode():
+                ours.append(static_decode_step(llm.model, cache, torch.tensor([t]), torch.tensor(len(ids) + i),
+                                               key_valid, pos_table, llm.config.sliding_window or 0))
+            continue
         if tokens:
             window = llm.config.sliding_window or 0
             ours.append(plan.step_tokens(torch.tensor([t]), pos_table, cache.k, cache.v, len(ids) + i, key_valid,
@@ -61,6 +71,13 @@ def test_logits_prefill_and_cached_decode(pair):
     # full-sequence scoring path too
     err_score = (llm.score(full) - ref).abs().max().item()
     assert err_score <= ATOL, f"{name}: score() differs by {err_score:.2e}"
+
+
+def test_static_decode_step_logits(pair):
+    """The fixed-shape decode step that --compile compiles (CUDA graphs on CUDA), here uncompiled."""
+    hf, llm, name = pair
+    err, _, _ = cached_decode_error(hf, llm, static=True)
+    assert err <= ATOL, f"{name}: max abs logit difference {err:.2e} with the static decode step"
 
 
 def test_native_decode_step_logits(pair):

@@ -25,7 +25,8 @@ class LLM:
     def __init__(self, model: str | Path | None = None, dtype: str | torch.dtype = "float32",
                  device: str | torch.device = "cpu", threads: int | None = None, quantize=None,
                  adapters=None, merge_adapters: bool = True, dequantize: bool = False,
-                 act_bits: int = DEFAULT_ACT_BITS, kv_cache_dtype: str | torch.dtype | None = None):
+                 act_bits: int = DEFAULT_ACT_BITS, kv_cache_dtype: str | torch.dtype | None = None,
+                 compile: bool = False, random_weights: bool = False):
         """quantize: RTN at load time, "int8" | "int4" | "int4-g128" | "int4-g64-asym" | "fp8" (see
         lmforge.quant.parse_quantize); a folder written by `lmforge quantize` needs nothing.
         adapters: PEFT LoRA folder(s) (a path, a list, or {name: path}); merged into the weights
@@ -39,14 +40,20 @@ class LLM:
         kv_cache_dtype: the KV cache's dtype. "float16" under fp32 activations halves what attention reads
         at long context, the keys and values rounded to fp16 as they are stored; it is the default for
         quantized weights with rounded activations (act_bits 16 or 8) on the CPU in fp32, as in llama.cpp.
-        Otherwise the default is `dtype`."""
+        Otherwise the default is `dtype`.
+        compile: decode steps that lmforge's native CPU step does not run (CUDA; bf16/fp16 on the CPU) go
+        through torch.compile, on CUDA with CUDA graphs (see Engine); the first step of each batch size
+        and cache length pays the compilation.
+        random_weights: a folder with config.json alone makes a model of that shape with random weights
+        (normal, std 0.02; norms 1): benchmarks of a shape without its checkpoint."""
         if threads:
             torch.set_num_threads(threads)
         self.dtype, self.device = parse_dtype(dtype), parse_device(device)
         merge_first = adapters is not None and merge_adapters
         self.model, self._tokenizer, self.source = load(model, self.dtype, self.device,
                                                         quantize=None if merge_first else quantize,
-                                                        dequantize=dequantize or adapters is not None)
+                                                        dequantize=dequantize or adapters is not None,
+                                                        random_weights=random_weights)
         self.adapters = None
         if adapters is not None:
             from .adapters import attach
@@ -59,7 +66,7 @@ class LLM:
             kv_cache_dtype = torch.float16
         self.config = self.model.cfg
         self.engine = Engine(self.model, self.device, self.dtype,
-                             parse_dtype(kv_cache_dtype) if kv_cache_dtype is not None else None)
+                             parse_dtype(kv_cache_dtype) if kv_cache_dtype is not None else None, compile=compile)
         self._speculators: dict = {}
         self.speculation = None  # SpecStats of the last generation with a draft
 

@@ -38,6 +38,9 @@ def _generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-dtype", default=None, choices=("float32", "float16"),
                    help="the KV cache's dtype (default: float16 for quantized weights at --act-bits 16/8 on the CPU, "
                         "else --dtype); float16 halves what attention reads at long context")
+    p.add_argument("--compile", action="store_true",
+                   help="decode steps through torch.compile, with CUDA graphs on CUDA, where lmforge's native CPU "
+                        "step does not run them (CUDA; bf16/fp16 on the CPU); the first step compiles")
     p.add_argument("--adapter", default=None, metavar="DIR",
                    help="a PEFT LoRA adapter folder, merged into the weights at load")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
@@ -170,7 +173,7 @@ def cmd_generate(args) -> int:
         check_writable(args.output, "--output")
     llm = LLM(args.model, dtype=args.dtype, device=args.device, threads=args.threads, quantize=args.quantize,
               adapters=args.adapter, dequantize=args.dequantize, act_bits=args.act_bits,
-              kv_cache_dtype=args.kv_cache_dtype)
+              kv_cache_dtype=args.kv_cache_dtype, compile=args.compile)
     spec = llm.speculator(draft, args.speculate_k) if draft else None
     batched = sourced is not None or args.output or args.batch_size != 1 or args.bucket_size
     stream = not batched and (args.stream if args.stream is not None else kw.get("num_beams", 1) == 1)
@@ -206,7 +209,7 @@ def cmd_chat(args) -> int:
     stream = args.stream if args.stream is not None else kw.get("num_beams", 1) == 1
     llm = LLM(args.model, dtype=args.dtype, device=args.device, threads=args.threads, quantize=args.quantize,
               adapters=args.adapter, dequantize=args.dequantize, act_bits=args.act_bits,
-              kv_cache_dtype=args.kv_cache_dtype)
+              kv_cache_dtype=args.kv_cache_dtype, compile=args.compile)
     history = [{"role": "system", "content": args.system}] if args.system else []
 
     def reply(user: str) -> str:

@@ -94,22 +94,38 @@ def open_source(source: str | Path | None, native: bool = True):
     raise LmforgeError(f"{path}: not a model; give a Hugging Face folder (with config.json) or a .gguf file")
 
 
-def load(source: str | Path | None, dtype="float32", device="cpu", quantize=None, dequantize: bool = False):
+def open_config_only(source: str | Path | None):
+    """A Hugging Face folder's config and tokenizer without its weights (random_weights)."""
+    path = resolve(source)
+    if not (path.is_dir() and (path / "config.json").exists()):
+        raise LmforgeError(f"{path}: random weights take a model's shape from a folder with a Hugging Face "
+                           "config.json; give such a folder (the weights need not be there)")
+    from .io.hf import HFSource
+    return HFSource(path, weights=False)
+
+
+def load(source: str | Path | None, dtype="float32", device="cpu", quantize=None, dequantize: bool = False,
+         random_weights: bool = False):
     """(model, tokenizer, source) ready to run; tokenizer is the LmforgeError if it could not be loaded.
     quantize: an on-the-fly RTN spec ("int8", "int4-g128", ... or a QuantSpec) applied after loading
     (to the dequantized weights of a GGUF file). dequantize: expand a GGUF file's Q4_0/Q4_1/Q4_K/Q5_0/Q6_K/Q8_0 weights
-    to `dtype` instead of running them natively."""
-    from .io.weights import build_model
+    to `dtype` instead of running them natively. random_weights: see open_config_only and random_model."""
+    from .io.weights import build_model, random_model
 
     dtype, device = parse_dtype(dtype), parse_device(device)
-    # the block kernels are CPU code (elsewhere their reference dequantizes on every call)
-    src = open_source(source, native=quantize is None and not dequantize and device.type == "cpu")
+    if random_weights:
+        src = open_config_only(source)
+    else:  # the block kernels are CPU code (elsewhere their reference dequantizes on every call)
+        src = open_source(source, native=quantize is None and not dequantize and device.type == "cpu")
     try:
         tokenizer = src.tokenizer()
     except LmforgeError as e:  # kept, and raised when text is needed: token ids still work
         tokenizer = e
-    model = build_model(src.config, src.tensors(), src.match, dtype, device, str(src.path),
-                        prepare=getattr(src, "prepare", None))
+    if random_weights:
+        model = random_model(src.config, dtype, device)
+    else:
+        model = build_model(src.config, src.tensors(), src.match, dtype, device, str(src.path),
+                            prepare=getattr(src, "prepare", None))
     if quantize is not None:
         from .quant import quantize_on_load
         quantize_on_load(model, quantize, src)

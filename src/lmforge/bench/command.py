@@ -28,6 +28,12 @@ def add_parser(sub) -> None:
     b.add_argument("--kv-cache-dtype", default=None, choices=("float32", "float16"),
                    help="the KV cache's dtype (default: float16 for quantized weights at --act-bits 16/8 on the CPU, "
                         "else --dtype); float16 halves what attention reads at long context")
+    b.add_argument("--compile", action="store_true",
+                   help="decode steps through torch.compile, with CUDA graphs on CUDA, where lmforge's native CPU "
+                        "step does not run them (CUDA; bf16/fp16 on the CPU); warm-up iterations compile")
+    b.add_argument("--random-weights", action="store_true",
+                   help="--model is a folder with a Hugging Face config.json: benchmark that shape with random "
+                        "weights (use with --random-prompt when the folder has no tokenizer)")
     b.add_argument("--input-tokens", "-p", type=int, nargs="+", default=[512], metavar="N",
                    help="prompt lengths in tokens (default 512)")
     b.add_argument("--max-new-tokens", "-n", type=int, nargs="+", default=[128], metavar="N",
@@ -130,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
                            "drop one of them")
     _progress(f"loading {args.model or 'the default model'}")
     llm = LLM(args.model, dtype=args.dtype, device=device, threads=args.threads, quantize=args.quantize,
-              dequantize=args.dequantize, act_bits=args.act_bits, kv_cache_dtype=args.kv_cache_dtype)
+              dequantize=args.dequantize, act_bits=args.act_bits, kv_cache_dtype=args.kv_cache_dtype,
+              compile=args.compile, random_weights=args.random_weights)
     if prompts is not None:
         return run_dataset(llm, prompts, args, settings)
     runner.check_context(cases, llm.config.max_seq_len)
@@ -166,6 +173,9 @@ def decode_step_label(llm) -> str:
     """How lmforge runs a decode step: one native call (models/native_step.py) or op by op, and why."""
     if llm.engine.native_plan() is not None:
         return "one native call per step"
+    if llm.engine.compile:
+        graphs = ", CUDA graphs" if llm.device.type == "cuda" else ""
+        return f"torch.compile{graphs} ({llm.engine.native_plan_reason})"
     return f"op by op ({llm.engine.native_plan_reason})"
 
 

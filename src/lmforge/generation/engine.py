@@ -35,13 +35,40 @@ class Prompts:
         return cls(tokens.to(device), valid.to(device), [len(p) for p in prompts])
 
 
+COMPILE_BUCKET = 256  # compiled steps' caches are a multiple of this many slots (fewer shapes to compile)
+
+
+def static_decode_step(model: Transformer, cache: StaticKVCache, tokens: torch.Tensor, slot: torch.Tensor,
+                       key_valid: torch.Tensor, pos_table: torch.Tensor, window: int) -> torch.Tensor:
+    """Logits [B, V] of one decode step whose every shape is fixed by the cache: tokens [B] written at
+    cache slot `slot` (a 0-d int64 tensor, not a Python int), attending to every slot of the cache that is
+    valid and not past `slot`. A changing position is data, not shape, so torch.compile makes one graph
+    (and on CUDA one CUDA graph) per batch size and cache length (see Engine's ``compile``)."""
+    L = cache.max_len
+    k_slots = torch.arange(L, device=tokens.device)
+    visible = key_valid & (k_slots <= slot)[None]              # [B, L]
+    if window:
+        visible = visible & ((slot - k_slots) < window)[None]
+    slots = slot.reshape(1)
+    batch = Batch(positions=pos_table.index_select(1, slots), mask=visible[:, None, None], key_pos=pos_table,
+                  slots=slots, kv_len=L)
+    return model(tokens[:, None], batch, cache, last_only=True)[:, -1]
+
+
 class Engine:
     def __init__(self, model: Transformer, device: torch.device, dtype: torch.dtype,
-                 kv_dtype: torch.dtype | None = None):
+                 kv_dtype: torch.dtype | None = None, compile: bool = False):
+        """compile: run decode steps that the native CPU step does not take (CUDA; bf16/fp16 on the CPU)
+        through torch.compile, with CUDA graphs on CUDA (mode "reduce-overhead"): static_decode_step over
+        a cache of a fixed length, a multiple of COMPILE_BUCKET slots kept from one generation to the
+        next. The first step of each batch size and cache length compiles (see docs)."""
         self.model, self.device, self.dtype = model, device, dtype
         self.kv_dtype = kv_dtype or dtype  # the KV cache's (fp16 halves what attention reads)
         self.cfg: ModelConfig = model.cfg
         self._plan: tuple = (None, None, "not built")  # (model signature, DecodePlan or None, why not)
+        self.compile = compile
+        self._compiled = None  # torch.compile(static_decode_step), made on first use
+        self._static_caches: dict[tuple[int, int], StaticKVCache] = {}  # (batch, length) -> cache
 
     # ------------------------------------------------------------------------------ the two steps
     def forward(self, tokens, batch: Batch, cache, last_only: bool, plan=None) -> torch.Tensor:
@@ -105,6 +132,34 @@ class Engine:
     def new_cache(self, batch_size: int, max_len: int) -> StaticKVCache:
         return StaticKVCache(self.cfg, batch_size, max_len, self.kv_dtype, self.device)
 
+    # ------------------------------------------------------------------------- compiled steps
+    def compiled_step(self):
+        """torch.compile(static_decode_step), made once: CUDA graphs on CUDA."""
+        if self._compiled is None:
+            if self.device.type == "cuda":
+                import torch._inductor.config as inductor
+                # one-row products become fused reductions that read the (dequantized) weight once
+                inductor.coordinate_descent_tuning = True
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self._compiled = torch.compile(static_decode_step, mode=mode, dynamic=False)
+        return self._compiled
+
+    def static_cache(self, batch_size: int, length: int) -> StaticKVCache:
+        """A cache for compiled steps of at least `length` slots, rounded up to COMPILE_BUCKET and kept
+        for the next generation of this batch size: the compiled graph (and its CUDA graph) is bound to
+        the buffers' shapes and, on CUDA, to their addresses. Slots left over from an earlier generation
+        are never attended to (the mask stops at the current slot)."""
+        L = -(-length // COMPILE_BUCKET) * COMPILE_BUCKET
+        key = (batch_size, L)
+        if key not in self._static_caches:
+            self._static_caches.clear()  # one live shape at a time: a 7B model's cache is gigabytes
+            cache = self.new_cache(batch_size, L)
+            if self.device.type == "cuda":
+                torch._dynamo.mark_static_address(cache.k)
+                torch._dynamo.mark_static_address(cache.v)
+            self._static_caches[key] = cache
+        return self._static_caches[key]
+
     def _window(self, mask: torch.Tensor, q_slots: torch.Tensor, L: int) -> torch.Tensor:
         if self.cfg.sliding_window is None:
             return mask
@@ -154,8 +209,10 @@ class Engine:
         max_new = self.check_lengths(prompts, gen.max_new_tokens)
         batch_in = Prompts.pad(prompts, pad_id, self.device, pad_multiple)
         B, P = batch_in.tokens.shape
-        cache = self.new_cache(B, P + max_new)
-        batch, key_valid, pos_table = self.prefill_batch(batch_in, P + max_new)
+        plan = self.native_plan()
+        compiled = self.compiled_step() if self.compile and plan is None else None
+        cache = self.static_cache(B, P + max_new) if compiled else self.new_cache(B, P + max_new)
+        batch, key_valid, pos_table = self.prefill_batch(batch_in, cache.max_len)
         generator = None
         if gen.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(gen.seed)
@@ -168,7 +225,6 @@ class Engine:
         if done is None:
             done = torch.zeros(B, dtype=torch.bool, device=self.device)
         rows = torch.arange(B, device=self.device)
-        plan = self.native_plan()
         # A plan that takes token ids makes each step's input itself and, for greedy decoding without
         # a repetition penalty, picks the next tokens too: between two steps no op runs but the call
         # (on a small model the ops around a step cost ~8% of it, run on caches the weights have evicted).
@@ -203,6 +259,11 @@ class Engine:
             if tokens_in:
                 greedy = torch.empty(B, dtype=torch.long) if native_greedy else None
                 logits = self.step_tokens(plan, feed, slot, key_valid, pos_table, cache, greedy)
+            elif compiled is not None:
+                with torch.inference_mode():
+                    slot_t = torch.tensor(slot, device=self.device)
+                    logits = compiled(self.model, cache, feed, slot_t, key_valid, pos_table,
+                                      self.cfg.sliding_window or 0).clone()  # a CUDA graph's output is reused
             else:
                 logits = self.forward(feed[:, None], self.decode_batch(slot, key_valid, pos_table), cache,
                                       last_only=True, plan=plan)[:, -1]

@@ -69,7 +69,8 @@ def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
 class HFSource:
     format = "hf"
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, weights: bool = True):
+        """weights=False: the config (and tokenizer) alone, for a model with random weights."""
         self.path = folder
         cfg_path = folder / "config.json"
         if not cfg_path.exists():
@@ -95,7 +96,7 @@ class HFSource:
             gen_eos = tuple(gen_eos) if isinstance(gen_eos, list) else (gen_eos,)
             config = config.replace(eos_token_ids=tuple(dict.fromkeys(config.eos_token_ids + gen_eos)))
         self.config: ModelConfig = config
-        self.files = weight_files(folder)
+        self.files = weight_files(folder) if weights else []
 
     def tensors(self):
         return iter_tensors(self.files)
@@ -108,5 +109,6 @@ class HFSource:
         return Tokenizer.from_hf_folder(self.path, self.config)
 
     def describe(self) -> dict[str, Any]:
-        return {"format": "Hugging Face folder", "file_dtype": self.hf_config.get("torch_dtype")
+        return {"format": "Hugging Face folder" if self.files else "Hugging Face config.json, random weights",
+                "file_dtype": self.hf_config.get("torch_dtype")
                 or self.hf_config.get("dtype"), "quantization": self.hf_config.get("quantization_config")}

@@ -88,3 +88,24 @@ def build_model(cfg: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]], m
     model.init_buffers(device)
     model.requires_grad_(False)
     return model.eval()
+
+
+def random_model(cfg: ModelConfig, dtype: torch.dtype, device: torch.device | str, seed: int = 0) -> Transformer:
+    """A model of the config's shape with random weights made on `device` (matrices and embeddings
+    normal with std 0.02, biases 0, norm weights 1): benchmarks of a shape without its checkpoint."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model = model.to(dtype=dtype).to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif p.ndim == 1:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02, generator=generator)
+    model.tie_weights()
+    model.init_buffers(device)
+    model.requires_grad_(False)
+    return model.eval()

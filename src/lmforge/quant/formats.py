@@ -21,7 +21,15 @@ import torch.nn.functional as F
 
 INT8_MAX = 127
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
-INT4_KERNEL_GROUPS = (32, 64, 128, 256)  # group sizes torch's CPU int4 kernel accepts
+INT4_KERNEL_GROUPS = (32, 64, 128, 256)  # group sizes torch's int4 kernels accept
+CUDA_INNER_K_TILES = 8  # tinygemm's weight layout (gpt-fast's choice): K a multiple of 128
+
+
+def _compiling() -> bool:
+    """Whether torch.compile is tracing: Inductor 2.13's CPU lowerings of torch's packed int8 / int4
+    products fail on a fused input ("LoweringException: AssertionError: Pointwise"), so compiled CPU
+    steps take the dequantizing product, which Inductor fuses itself."""
+    return torch.compiler.is_compiling()
 
 
 # ------------------------------------------------------------------------------------------- int8
@@ -45,9 +53,14 @@ def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 def int8_matmul(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """x [..., K] @ (q * s).T -> [..., N]; PyTorch's int8 weight kernel for bf16 activations on CPU
     (which reads out of bounds, or crashes, unless K is a multiple of 16)."""
-    if x.dtype == torch.bfloat16 and x.device.type == "cpu" and q.shape[1] % 16 == 0:
+    if x.dtype == torch.bfloat16 and x.device.type == "cpu" and q.shape[1] % 16 == 0 and not _compiling():
         y = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), q, scales.to(x.dtype))
         return y.reshape(*x.shape[:-1], q.shape[0])
+    if x.device.type != "cpu" and x.dtype != torch.float16:
+        # the scale after the product: under torch.compile the codes' conversion fuses into the product
+        # and the weight is read as int8 (gpt-fast's form). fp16 scales first: its sums could overflow.
+        # (On the CPU, Inductor rewrites this form into the packed product that fails, see _compiling.)
+        return F.linear(x, q.to(x.dtype)) * scales.to(x.dtype)
     return F.linear(x, dequantize_int8(q, scales).to(x.dtype))
 
 
@@ -99,27 +112,43 @@ def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Ten
 
 
 def int4_kernel_pack(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor):
-    """(weight, scales_and_zeros) for torch._weight_int4pack_mm_for_cpu, or None when the layer's
-    group size is one the kernel does not take. That kernel computes (q - 8) * s + m, so the zero
-    point z becomes m = (8 - z) * s."""
+    """(weight, scales_and_zeros) for torch's bf16 int4 kernels, _weight_int4pack_mm_for_cpu on the CPU
+    and _weight_int4pack_mm (tinygemm) on CUDA, on packed's device; None when the layer's shape or group
+    size is one the kernel does not take. Both compute (q - 8) * s + m, so the zero point z becomes
+    m = (8 - z) * s."""
     N, K = packed.shape[0], packed.shape[1] * 2
     group_size = K // scales.shape[1]
+    m = (8 - zeros.float()) * scales.float()
+    sz = torch.stack((scales.float().t(), m.t()), dim=-1).contiguous()  # [G, N, 2]
+    if packed.device.type == "cuda":
+        if group_size not in INT4_KERNEL_GROUPS or K % (16 * CUDA_INNER_K_TILES) or N % 8:
+            return None
+        q = unpack_int4(packed)
+        try:  # tinygemm's input: uint8 [N, K/2], column 2j in the high nibble
+            weight = torch._convert_weight_to_int4pack((q[:, 0::2] << 4 | q[:, 1::2]).contiguous(),
+                                                       CUDA_INNER_K_TILES)
+        except RuntimeError:  # a GPU or build without the kernel: the dequantizing product
+            return None
+        return weight, sz.to(torch.bfloat16)
     if group_size not in INT4_KERNEL_GROUPS or K % 16 or N % 16:
         return None
     weight = torch._convert_weight_to_int4pack_for_cpu(unpack_int4(packed).to(torch.int32), 2)
-    m = (8 - zeros.float()) * scales.float()
-    return weight, torch.stack((scales.float().t(), m.t()), dim=-1).contiguous()  # [G, N, 2]
+    return weight, sz
 
 
 def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                 kernel_weights=None) -> torch.Tensor:
     """x [..., K] @ dequantize_int4(...).T -> [..., N]; PyTorch's CPU int4 kernel for bf16 activations
     when ``kernel_weights`` (from int4_kernel_pack) is given."""
-    if kernel_weights is not None and x.dtype == torch.bfloat16 and x.device.type == "cpu":
+    if kernel_weights is not None and x.dtype == torch.bfloat16:
         weight, sz = kernel_weights
         group_size = packed.shape[1] * 2 // scales.shape[1]
-        y = torch._weight_int4pack_mm_for_cpu(x.reshape(-1, x.shape[-1]), weight, group_size, sz.to(x.dtype))
-        return y.reshape(*x.shape[:-1], packed.shape[0])
+        flat = x.reshape(-1, x.shape[-1])
+        if x.device.type != "cpu":
+            return torch._weight_int4pack_mm(flat, weight, group_size, sz).reshape(*x.shape[:-1], packed.shape[0])
+        if not _compiling():
+            y = torch._weight_int4pack_mm_for_cpu(flat, weight, group_size, sz.to(x.dtype))
+            return y.reshape(*x.shape[:-1], packed.shape[0])
     return F.linear(x, dequantize_int4(packed, scales, zeros).to(x.dtype))
 
 

@@ -174,8 +174,11 @@ class Int4Linear(QuantLinear):
             if self._blocks is None:  # the kernels' block layout, made once
                 self._blocks = kernels.repack_int4(self.qweight, self.scales, self.zeros)
             return kernels.int4_linear(x, *self._blocks, self.act_bits)
-        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and self._kernel is None:
+        if x.dtype == torch.bfloat16 and self._kernel is None:  # a prompt packs it before compiled steps
             self._kernel = formats.int4_kernel_pack(self.qweight, self.scales, self.zeros) or ()
+            if x.device.type == "cuda":  # CUDA graphs read them in place, as they do buffers
+                for t in self._kernel:
+                    torch._dynamo.mark_static_address(t)
         return formats.int4_matmul(x, self.qweight, self.scales, self.zeros, self._kernel or None)
 
     def _apply(self, fn, recurse=True):  # .to()/.cuda() invalidate the kernels' packed copies

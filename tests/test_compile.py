@@ -1,0 +1,91 @@
+"""--compile: decode steps through torch.compile (CUDA graphs on CUDA; here the CPU's Inductor). The
+compiled step must give the logits and tokens of the op-by-op path, in one graph, keep one cache and one
+graph for generations that fit the same cache length, and leave the native CPU step in charge where it
+runs."""
+import copy
+import json
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from lmforge import LLM
+from lmforge.generation.engine import COMPILE_BUCKET, Prompts, static_decode_step
+from lmforge.generation.sampling import GenerationConfig
+from lmforge.models import native_step
+
+
+def greedy(llm, prompts, n):
+    return llm.generate_ids([llm.tokenizer.encode(p) for p in prompts], GenerationConfig(max_new_tokens=n))
+
+
+@pytest.mark.parametrize("dtype,quantize", [("bfloat16", None), ("float32", "int8")])
+def test_compiled_decode_matches_op_by_op(stories, monkeypatch, dtype, quantize):
+    monkeypatch.setenv(native_step.DISABLE_ENV, "0")  # fp32 too runs op by op (its kernels are custom ops)
+    eager = LLM(str(stories), dtype=dtype, quantize=quantize)
+    compiled = LLM(str(stories), dtype=dtype, quantize=quantize, compile=True)
+    assert compiled.engine.native_plan() is None
+    prompts = ["Once upon a time", "Tom and his mom went to the park"]
+    counters.clear()
+    assert greedy(compiled, prompts, 24) == greedy(eager, prompts, 24)
+    assert not counters["graph_break"], dict(counters["graph_break"])  # one graph: CUDA graphs need it whole
+    assert counters["stats"]["unique_graphs"] == 1, {k: dict(v) for k, v in counters.items()}
+    caches = dict(compiled.engine._static_caches)
+    assert list(caches) == [(2, COMPILE_BUCKET)]
+    # another generation of the same batch size and cache length: no new graph, the same cache
+    prompts = ["The cat", "Lily had a big red ball and she"]
+    assert greedy(compiled, prompts, 30) == greedy(eager, prompts, 30)
+    assert counters["stats"]["unique_graphs"] == 1
+    assert compiled.engine._static_caches == caches
+
+
+@pytest.fixture(scope="module")
+def random_llama(tmp_path_factory):
+    """A folder with only a config.json: a small Llama shape whose widths every int4 group size divides."""
+    path = tmp_path_factory.mktemp("llama-config")
+    (path / "config.json").write_text(json.dumps(dict(
+        architectures=["LlamaForCausalLM"], hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, vocab_size=512, max_position_embeddings=512)))
+    return path
+
+
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+def test_compiled_quantized_bf16_step(random_llama, quantize):
+    """bf16 quantized weights: the compiled step takes the dequantizing product (Inductor's CPU lowering
+    of torch's packed products fails); its logits match the uncompiled step's to bf16's precision."""
+    llm = LLM(random_llama, dtype="bfloat16", quantize=quantize, compile=True, random_weights=True)
+    eng = llm.engine
+    ids = [[5, 9, 200, 17, 3], [44, 101]]
+    prompts = Prompts.pad(ids, 0, "cpu")
+    cache = eng.static_cache(2, prompts.tokens.shape[1] + 8)
+    batch, key_valid, pos_table = eng.prefill_batch(prompts, cache.max_len)
+    logits = eng.forward(prompts.tokens, batch, cache, last_only=True)[:, -1]
+    twin = copy.copy(cache)
+    twin.k, twin.v = cache.k.clone(), cache.v.clone()
+    twin._make_views()
+    counters.clear()
+    for step in range(4):
+        tokens, slot = logits.argmax(-1), torch.tensor(prompts.tokens.shape[1] + step)
+        with torch.inference_mode():
+            logits = eng.compiled_step()(llm.model, cache, tokens, slot, key_valid, pos_table, 0).clone()
+            ref = static_decode_step(llm.model, twin, tokens, slot, key_valid, pos_table, 0)
+        err = ((logits - ref).abs().max() / ref.abs().max()).item()
+        assert err < 2e-2, f"step {step}: relative difference {err:.2e}"
+    assert not counters["graph_break"] and counters["stats"]["unique_graphs"] == 1
+
+
+def test_native_step_keeps_fp32_decode(stories):
+    llm = LLM(str(stories), compile=True)
+    assert llm.engine.native_plan() is not None
+    greedy(llm, ["Once upon a time"], 4)
+    assert llm.engine._compiled is None and not llm.engine._static_caches
+
+
+def test_generate_command_with_compile(stories, capsys):
+    from lmforge.cli import main
+
+    args = ["generate", "-m", str(stories), "--dtype", "bfloat16", "--max-new-tokens", "12", "Once upon a time"]
+    assert main(args) == 0
+    eager = capsys.readouterr().out
+    assert main(args + ["--compile"]) == 0
+    assert capsys.readouterr().out == eager
