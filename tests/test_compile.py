@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from lmforge import LLM
+from lmforge import LLM, LmforgeError
 from lmforge.generation.engine import COMPILE_BUCKET, Prompts, static_decode_step
 from lmforge.generation.sampling import GenerationConfig
 from lmforge.models import native_step
@@ -89,3 +89,15 @@ def test_generate_command_with_compile(stories, capsys):
     eager = capsys.readouterr().out
     assert main(args + ["--compile"]) == 0
     assert capsys.readouterr().out == eager
+
+
+def test_interleaved_compiled_generations_are_refused(stories):
+    """The kept cache is one generation's at a time: a generation whose cache another one took stops
+    with a clear error instead of reading the other's keys and values."""
+    llm = LLM(str(stories), dtype="bfloat16", compile=True)
+    gen = GenerationConfig(max_new_tokens=8)
+    first = llm.engine.generate([llm.tokenizer.encode("Once upon a time")], gen)
+    next(first), next(first)
+    assert len(list(llm.engine.generate([llm.tokenizer.encode("The cat")], gen))) == 8
+    with pytest.raises(LmforgeError, match="one at a time"):
+        next(first)

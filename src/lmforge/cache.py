@@ -15,6 +15,7 @@ class StaticKVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.max_len = max_len
         self._spare: tuple[torch.Tensor, torch.Tensor] | None = None  # reorder's double buffer
+        self.owner = None  # the generation using a cache kept across generations (Engine.static_cache)
         self._make_views()
 
     def _make_views(self):

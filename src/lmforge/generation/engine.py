@@ -212,6 +212,8 @@ class Engine:
         plan = self.native_plan()
         compiled = self.compiled_step() if self.compile and plan is None else None
         cache = self.static_cache(B, P + max_new) if compiled else self.new_cache(B, P + max_new)
+        if compiled:
+            owner = cache.owner = object()  # the kept cache serves one generation at a time
         batch, key_valid, pos_table = self.prefill_batch(batch_in, cache.max_len)
         generator = None
         if gen.seed is not None:
@@ -260,6 +262,9 @@ class Engine:
                 greedy = torch.empty(B, dtype=torch.long) if native_greedy else None
                 logits = self.step_tokens(plan, feed, slot, key_valid, pos_table, cache, greedy)
             elif compiled is not None:
+                if cache.owner is not owner:
+                    raise LmforgeError("another compiled generation of the same batch size took this engine's "
+                                       "cache; with compile=True, run an engine's generations one at a time")
                 with torch.inference_mode():
                     slot_t = torch.tensor(slot, device=self.device)
                     logits = compiled(self.model, cache, feed, slot_t, key_valid, pos_table,
