@@ -61,8 +61,7 @@ def test_compiled_quantized_bf16_step(random_llama, quantize):
     batch, key_valid, pos_table = eng.prefill_batch(prompts, cache.max_len)
     logits = eng.forward(prompts.tokens, batch, cache, last_only=True)[:, -1]
     twin = copy.copy(cache)
-    twin.k, twin.v = cache.k.clone(), cache.v.clone()
-    twin._make_views()
+    twin.keys, twin.values = [k.clone() for k in cache.keys], [v.clone() for v in cache.values]
     counters.clear()
     for step in range(4):
         tokens, slot = logits.argmax(-1), torch.tensor(prompts.tokens.shape[1] + step)

@@ -45,7 +45,8 @@ def cached_decode_error(hf, llm, plan=None, tokens=False, static=False):
     cache = eng.new_cache(1, len(ids) + len(steps))
     if static:
         cache = eng.static_cache(1, len(ids) + len(steps))
-        cache.k.normal_(), cache.v.normal_()  # what an earlier generation may have left
+        for buffer in cache.buffers():
+            buffer.normal_()  # what an earlier generation may have left
     batch, key_valid, pos_table = eng.prefill_batch(Prompts.pad([ids], 0, "cpu"), cache.max_len)
     ours = [eng.forward(torch.tensor([ids]), batch, cache, last_only=False)[0]]
     for i, t in enumerate(steps):

@@ -13,7 +13,7 @@ class StaticKVCache:
         shape = (cfg.n_layers, batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.max_len = max_len
+        self.max_len, self.dtype = max_len, dtype
         self._spare: tuple[torch.Tensor, torch.Tensor] | None = None  # reorder's double buffer
         self.owner = None  # the generation using a cache kept across generations (Engine.static_cache)
         self._make_views()
@@ -55,3 +55,31 @@ class StaticKVCache:
         self._spare = (self.k, self.v)
         self.k, self.v = spare_k, spare_v
         self._make_views()
+
+
+class LayerKVCache:
+    """A static cache with separate key and value buffers [B, KV, max_len, hd] per layer, for compiled
+    decode steps (Engine.static_cache): a step writes each layer's buffer in place. In one tensor over
+    all layers, as StaticKVCache keeps them, a write through a layer's view is compiled as a rewrite of
+    the whole tensor, every layer of every step (torch.compile's functionalization of view mutations)."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, dtype: torch.dtype, device):
+        shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
+        self.max_len, self.dtype = max_len, dtype
+        self.owner = None  # the generation using it (Engine.static_cache keeps it across generations)
+
+    def buffers(self) -> list[torch.Tensor]:
+        return self.keys + self.values
+
+    def update(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: int):
+        """As StaticKVCache.update."""
+        ck, cv = self.keys[layer], self.values[layer]
+        ck.index_copy_(2, slots, k.to(ck.dtype))
+        cv.index_copy_(2, slots, v.to(cv.dtype))
+        return ck[:, :, :kv_len].to(k.dtype), cv[:, :, :kv_len].to(v.dtype)
+
+    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """As StaticKVCache.layer."""
+        return self.keys[layer], self.values[layer]

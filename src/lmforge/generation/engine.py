@@ -7,7 +7,7 @@ from typing import Iterator
 import torch
 
 from .. import kernels
-from ..cache import StaticKVCache
+from ..cache import LayerKVCache, StaticKVCache
 from ..config import ModelConfig
 from ..errors import LmforgeError
 from ..models import native_step
@@ -38,7 +38,7 @@ class Prompts:
 COMPILE_BUCKET = 256  # compiled steps' caches are a multiple of this many slots (fewer shapes to compile)
 
 
-def static_decode_step(model: Transformer, cache: StaticKVCache, tokens: torch.Tensor, slot: torch.Tensor,
+def static_decode_step(model: Transformer, cache: LayerKVCache, tokens: torch.Tensor, slot: torch.Tensor,
                        key_valid: torch.Tensor, pos_table: torch.Tensor, window: int) -> torch.Tensor:
     """Logits [B, V] of one decode step whose every shape is fixed by the cache: tokens [B] written at
     cache slot `slot` (a 0-d int64 tensor, not a Python int), attending to every slot of the cache that is
@@ -68,7 +68,7 @@ class Engine:
         self._plan: tuple = (None, None, "not built")  # (model signature, DecodePlan or None, why not)
         self.compile = compile
         self._compiled = None  # torch.compile(static_decode_step), made on first use
-        self._static_caches: dict[tuple[int, int], StaticKVCache] = {}  # (batch, length) -> cache
+        self._static_caches: dict[tuple[int, int], LayerKVCache] = {}  # (batch, length) -> cache
 
     # ------------------------------------------------------------------------------ the two steps
     def forward(self, tokens, batch: Batch, cache, last_only: bool, plan=None) -> torch.Tensor:
@@ -144,7 +144,7 @@ class Engine:
             self._compiled = torch.compile(static_decode_step, mode=mode, dynamic=False)
         return self._compiled
 
-    def static_cache(self, batch_size: int, length: int) -> StaticKVCache:
+    def static_cache(self, batch_size: int, length: int) -> LayerKVCache:
         """A cache for compiled steps of at least `length` slots, rounded up to COMPILE_BUCKET and kept
         for the next generation of this batch size: the compiled graph (and its CUDA graph) is bound to
         the buffers' shapes and, on CUDA, to their addresses. Slots left over from an earlier generation
@@ -153,10 +153,10 @@ class Engine:
         key = (batch_size, L)
         if key not in self._static_caches:
             self._static_caches.clear()  # one live shape at a time: a 7B model's cache is gigabytes
-            cache = self.new_cache(batch_size, L)
+            cache = LayerKVCache(self.cfg, batch_size, L, self.kv_dtype, self.device)
             if self.device.type == "cuda":
-                torch._dynamo.mark_static_address(cache.k)
-                torch._dynamo.mark_static_address(cache.v)
+                for buffer in cache.buffers():
+                    torch._dynamo.mark_static_address(buffer)
             self._static_caches[key] = cache
         return self._static_caches[key]
 

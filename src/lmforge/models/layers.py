@@ -160,7 +160,7 @@ class Attention(nn.Module):
         boolean mask (not ALiBi), a static cache, no q/k norms."""
         return (qkv.shape[1] <= kernels.DECODE_ATTENTION_MAX_TOKENS and qkv.device.type == "cpu"
                 and qkv.dtype == torch.float32 and bias_or_mask.dtype == torch.bool and self.q_norm is None
-                and hasattr(cache, "layer") and cache.k.dtype in kernels.KV_CACHE_DTYPES
+                and hasattr(cache, "layer") and cache.dtype in kernels.KV_CACHE_DTYPES
                 and kernels.backend() == "native")
 
     def forward(self, x, rope, interleaved, bias_or_mask, cache, slots, kv_len):
