@@ -11,6 +11,8 @@
 # use. Files go to $OUT when set (the device tool), else benchmarks/results. Each bench is capped at
 # $CASE_TIMEOUT seconds (default 240): the first compiled step of each precision compiles.
 # A dry run without a GPU: DEVICE=cpu MODEL=<folder with a small config.json> LMFORGE_DECODE_STEP=0.
+# Arguments name the benches to run, in order (default: bf16-compile int4-compile int8-compile bf16-eager);
+# SKIP_CHECK=1 skips step 1 (a second call on the same machine, after a first that passed it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-benchmarks/results}
@@ -20,8 +22,10 @@ export PYTHONPATH=src LMFORGE_NO_NATIVE=1 PYTHONUNBUFFERED=1
 device=${DEVICE:-cuda}
 log="$out/cuda-${stamp}.md"  # the checks and every bench table; one JSON file per bench beside it
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true; } 2>&1 | tee "$log"
-python3 benchmarks/cuda_check.py --device "$device" 2>&1 | tee -a "$log"
-[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "cuda_check failed: no benchmark run" | tee -a "$log"; exit 1; }
+if [ -z "${SKIP_CHECK:-}" ]; then
+  python3 benchmarks/cuda_check.py --device "$device" 2>&1 | tee -a "$log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "cuda_check failed: no benchmark run" | tee -a "$log"; exit 1; }
+fi
 
 common=(-m "${MODEL:-benchmarks/configs/llama-2-7b}" --random-weights --random-prompt --device "$device"
         --dtype bfloat16 -p 16 -n 200 --num-iter 3 --num-warmup 1 --greedy --seed 0)
@@ -31,7 +35,12 @@ bench() {  # name, extra flags...
   timeout "${CASE_TIMEOUT:-240}" python3 -m lmforge bench "${common[@]}" "$@" \
     --output-json "$out/cuda-${stamp}-${name}.json" 2>&1 | tee -a "$log"
 }
-bench bf16-compile --compile
-bench int4-compile --compile --quantize int4
-bench int8-compile --compile --quantize int8
-bench bf16-eager
+declare -A flags=([bf16-compile]="--compile" [int4-compile]="--compile --quantize int4"
+                  [int8-compile]="--compile --quantize int8" [bf16-eager]="")
+for name in "${@:-bf16-compile int4-compile int8-compile bf16-eager}"; do
+  for one in $name; do
+    [ -n "${flags[$one]+set}" ] || { echo "unknown bench $one (known: ${!flags[*]})"; exit 2; }
+    # shellcheck disable=SC2086
+    bench "$one" ${flags[$one]}
+  done
+done

@@ -2,15 +2,17 @@
 compiled step must give the logits and tokens of the op-by-op path, in one graph, keep one cache and one
 graph for generations that fit the same cache length, and leave the native CPU step in charge where it
 runs."""
-import copy
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
 from lmforge import LLM, LmforgeError
-from lmforge.generation.engine import COMPILE_BUCKET, Prompts, static_decode_step
+from lmforge.generation.engine import COMPILE_BUCKET
 from lmforge.generation.sampling import GenerationConfig
 from lmforge.models import native_step
 
@@ -54,22 +56,9 @@ def test_compiled_quantized_bf16_step(random_llama, quantize):
     """bf16 quantized weights: the compiled step takes the dequantizing product (Inductor's CPU lowering
     of torch's packed products fails); its logits match the uncompiled step's to bf16's precision."""
     llm = LLM(random_llama, dtype="bfloat16", quantize=quantize, compile=True, random_weights=True)
-    eng = llm.engine
-    ids = [[5, 9, 200, 17, 3], [44, 101]]
-    prompts = Prompts.pad(ids, 0, "cpu")
-    cache = eng.static_cache(2, prompts.tokens.shape[1] + 8)
-    batch, key_valid, pos_table = eng.prefill_batch(prompts, cache.max_len)
-    logits = eng.forward(prompts.tokens, batch, cache, last_only=True)[:, -1]
-    twin = copy.copy(cache)
-    twin.keys, twin.values = [k.clone() for k in cache.keys], [v.clone() for v in cache.values]
     counters.clear()
-    for step in range(4):
-        tokens, slot = logits.argmax(-1), torch.tensor(prompts.tokens.shape[1] + step)
-        with torch.inference_mode():
-            logits = eng.compiled_step()(llm.model, cache, tokens, slot, key_valid, pos_table, 0).clone()
-            ref = static_decode_step(llm.model, twin, tokens, slot, key_valid, pos_table, 0)
-        err = ((logits - ref).abs().max() / ref.abs().max()).item()
-        assert err < 2e-2, f"step {step}: relative difference {err:.2e}"
+    err = llm.engine.compiled_step_error([[5, 9, 200, 17, 3], [44, 101]], steps=4)
+    assert err < 2e-2, f"relative difference {err:.2e}"
     assert not counters["graph_break"] and counters["stats"]["unique_graphs"] == 1
 
 
@@ -100,3 +89,18 @@ def test_interleaved_compiled_generations_are_refused(stories):
     assert len(list(llm.engine.generate([llm.tokenizer.encode("The cat")], gen))) == 8
     with pytest.raises(LmforgeError, match="one at a time"):
         next(first)
+
+
+def test_compiled_reference_products(random_llama):
+    """Without the native kernels (LMFORGE_NO_NATIVE=1, as on a machine without a compiler, and as the
+    CUDA path computes), bf16 int8 / int4 products are torch's: the compiled step takes the dequantizing
+    product (see formats._compiling) and must match the uncompiled step, whose int4 runs torch's packed
+    kernel."""
+    code = (f"from lmforge import LLM\n"
+            f"for q in ('int8', 'int4'):\n"
+            f"    llm = LLM({str(random_llama)!r}, dtype='bfloat16', quantize=q, compile=True, random_weights=True)\n"
+            f"    err = llm.engine.compiled_step_error([[5, 9, 200, 17, 3], [44, 101]], steps=3)\n"
+            f"    assert err < 2e-2, (q, err)\n")
+    env = {**os.environ, "LMFORGE_NO_NATIVE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]

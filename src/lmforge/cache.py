@@ -73,6 +73,11 @@ class LayerKVCache:
     def buffers(self) -> list[torch.Tensor]:
         return self.keys + self.values
 
+    def clone(self) -> "LayerKVCache":
+        twin = copy.copy(self)
+        twin.keys, twin.values = [k.clone() for k in self.keys], [v.clone() for v in self.values]
+        return twin
+
     def update(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: int):
         """As StaticKVCache.update."""
         ck, cv = self.keys[layer], self.values[layer]

@@ -144,6 +144,24 @@ class Engine:
             self._compiled = torch.compile(static_decode_step, mode=mode, dynamic=False)
         return self._compiled
 
+    def compiled_step_error(self, prompts: list[list[int]], steps: int = 4) -> float:
+        """The largest difference between the compiled step's logits and those of static_decode_step run
+        uncompiled, relative to the largest logit, over `steps` greedy steps after the prompts' prefill:
+        a check of torch.compile on a device or dtype (tests/test_compile.py, benchmarks/cuda_check.py)."""
+        batch_in = Prompts.pad(prompts, 0, self.device)
+        B, P = batch_in.tokens.shape
+        cache = self.static_cache(B, P + steps)
+        batch, key_valid, pos_table = self.prefill_batch(batch_in, cache.max_len)
+        logits = self.forward(batch_in.tokens, batch, cache, last_only=True)[:, -1]
+        twin, window, worst = cache.clone(), self.cfg.sliding_window or 0, 0.0
+        for step in range(steps):
+            tokens, slot = logits.argmax(-1), torch.tensor(P + step, device=self.device)
+            with torch.inference_mode():
+                logits = self.compiled_step()(self.model, cache, tokens, slot, key_valid, pos_table, window).clone()
+                ref = static_decode_step(self.model, twin, tokens, slot, key_valid, pos_table, window)
+            worst = max(worst, ((logits - ref).abs().max() / ref.abs().max()).item())
+        return worst
+
     def static_cache(self, batch_size: int, length: int) -> LayerKVCache:
         """A cache for compiled steps of at least `length` slots, rounded up to COMPILE_BUCKET and kept
         for the next generation of this batch size: the compiled graph (and its CUDA graph) is bound to
