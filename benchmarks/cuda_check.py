@@ -6,7 +6,7 @@
    (Engine.compiled_step_error) over 4 steps, in fp32, and in bf16 with int8 and int4 weights (RTN).
 3. The quantized products on CUDA against their definition (dequantize, then multiply): int8 and int4
    (bf16 activations: tinygemm where the shape fits) at one row and at a prompt's rows.
-Prints one line per check and exits non-zero on the first failure. `--device cpu` (with
+Prints one line per check, runs them all, and exits non-zero if any failed. `--device cpu` (with
 LMFORGE_DECODE_STEP=0) runs the same checks on the CPU, to try the script without a GPU."""
 import copy
 import sys
@@ -20,10 +20,13 @@ from lmforge.quant import quantize_on_load
 from lmforge.quant.linear import Int4Linear, Int8Linear
 
 
+FAILED: list[str] = []
+
+
 def check(name: str, ok: bool, detail: str) -> None:
     print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}", flush=True)
     if not ok:
-        sys.exit(1)
+        FAILED.append(name)
 
 
 def main() -> None:
@@ -66,3 +69,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    sys.exit(1 if FAILED else 0)

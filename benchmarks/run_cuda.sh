@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA path on an NVIDIA GPU (issue 7, item 5), as one short run:
-#   1. benchmarks/cuda_check.py: fp32 logits on CUDA against the CPU, --compile (CUDA graphs) tokens
-#      against op by op, the int8 / int4 products against their definition; stops here on a failure;
+#   1. benchmarks/cuda_check.py: fp32 logits on CUDA against the CPU, --compile (CUDA graphs) steps
+#      against the same steps uncompiled, the int8 / int4 products against their definition (a failure
+#      is marked in the log, and the benches run anyway);
 #   2. `lmforge bench` on a Llama-2-7B-shaped model with random weights (benchmarks/configs/llama-2-7b),
 #      batch 1, a 16-token prompt and 200 new tokens: bf16, int8 and int4 (RTN at load, group 128) with
 #      --compile, then bf16 op by op as the baseline.
@@ -24,7 +25,8 @@ log="$out/cuda-${stamp}.md"  # the checks and every bench table; one JSON file p
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true; } 2>&1 | tee "$log"
 if [ -z "${SKIP_CHECK:-}" ]; then
   python3 benchmarks/cuda_check.py --device "$device" 2>&1 | tee -a "$log"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "cuda_check failed: no benchmark run" | tee -a "$log"; exit 1; }
+  # the benches still run (a GPU is seldom at hand), but their numbers are suspect: the log says so
+  [ "${PIPESTATUS[0]}" -eq 0 ] || echo "CHECKS FAILED: do not trust the numbers below without the fix" | tee -a "$log"
 fi
 
 common=(-m "${MODEL:-benchmarks/configs/llama-2-7b}" --random-weights --random-prompt --device "$device"

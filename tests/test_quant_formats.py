@@ -182,3 +182,25 @@ def test_activation_bits_outside_the_choices_is_a_clear_error():
     assert set_activation_bits(torch.nn.Sequential(m), 8) == 1 and m.act_bits == 8
     with pytest.raises(LmforgeError, match="activation bits must be one of 32, 16, 8, got 4"):
         set_activation_bits(m, 4)
+
+
+def test_cuda_products_on_fake_cuda_tensors():
+    """The CUDA branches (tinygemm int4, int8 scaled after the product) against torch's own shape and
+    dtype rules, on fake CUDA tensors: no GPU needed. tinygemm takes column 2j in the high nibble,
+    ours holds it in the low one: the packing swaps them."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    w = torch.randn(256, 512)
+    packed, scales, zeros = formats.quantize_int4(w, 128, sym=False)
+    codes = formats.unpack_int4(packed)
+    assert torch.equal((packed << 4) | (packed >> 4), (codes[:, 0::2] << 4) | codes[:, 1::2])
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        cuda = [torch.empty_like(t, device="cuda") for t in (packed, scales, zeros)]
+        kernel = formats.int4_kernel_pack(*cuda)
+        assert kernel is not None and kernel[1].dtype == torch.bfloat16
+        x = torch.empty(3, 512, dtype=torch.bfloat16, device="cuda")
+        y = formats.int4_matmul(x, *cuda, kernel)
+        assert (y.shape, y.dtype, y.device.type) == ((3, 256), torch.bfloat16, "cuda")
+        q8 = torch.empty(256, 512, dtype=torch.int8, device="cuda")
+        y = formats.int8_matmul(x, q8, torch.empty(256, device="cuda"))
+        assert (y.shape, y.dtype) == ((3, 256), torch.bfloat16)

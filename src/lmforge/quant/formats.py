@@ -123,11 +123,9 @@ def int4_kernel_pack(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Te
     if packed.device.type == "cuda":
         if group_size not in INT4_KERNEL_GROUPS or K % (16 * CUDA_INNER_K_TILES) or N % 8:
             return None
-        q = unpack_int4(packed)
-        try:  # tinygemm's input: uint8 [N, K/2], column 2j in the high nibble
-            weight = torch._convert_weight_to_int4pack((q[:, 0::2] << 4 | q[:, 1::2]).contiguous(),
-                                                       CUDA_INNER_K_TILES)
-        except RuntimeError:  # a GPU or build without the kernel: the dequantizing product
+        try:  # tinygemm's input: uint8 [N, K/2] with column 2j in the high nibble: ours, nibbles swapped
+            weight = torch._convert_weight_to_int4pack((packed << 4) | (packed >> 4), CUDA_INNER_K_TILES)
+        except (RuntimeError, TypeError):  # a GPU or build without the kernel: the dequantizing product
             return None
         return weight, sz.to(torch.bfloat16)
     if group_size not in INT4_KERNEL_GROUPS or K % 16 or N % 16:
