@@ -117,3 +117,6 @@ def test_random_weights_from_a_config_alone(tiny_llama, tmp_path, capsys):
     (tmp_path / "config.json").unlink()
     with pytest.raises(LmforgeError, match="config.json"):
         LLM(str(tmp_path), random_weights=True)
+    assert main(["bench", "-m", str(tmp_path), "--random-weights", "--random-prompt", "--no-roofline"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lmforge: error:") and "config.json" in err[-1] and "Traceback" not in "\n".join(err)

@@ -1,4 +1,5 @@
-"""KV caches. A static, preallocated cache: one [B, KV, L, hd] buffer per layer for keys and values."""
+"""KV caches, static and preallocated: StaticKVCache holds every layer in one [L, B, KV, max_len, hd] tensor
+for keys and one for values; LayerKVCache, for compiled steps, one buffer per layer."""
 from __future__ import annotations
 
 import copy
@@ -8,32 +9,38 @@ import torch
 from .config import ModelConfig
 
 
-class StaticKVCache:
+class KVCache:
+    """What the attention layers use of a cache: ``layer(i)``, the layer's key and value buffers
+    [B, KV, max_len, hd] (contiguous; kernels.attention_decode writes them itself), and ``update``."""
+    max_len: int
+    dtype: torch.dtype
+
+    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def update(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: int):
+        """Write k, v [B, KV, S, hd] at `slots` [S]; return the first kv_len slots of the cache, in k's
+        dtype (a cache of another dtype, fp16 under fp32 activations, is converted on the way)."""
+        ck, cv = self.layer(layer)
+        ck.index_copy_(2, slots, k.to(ck.dtype))
+        cv.index_copy_(2, slots, v.to(cv.dtype))
+        return ck[:, :, :kv_len].to(k.dtype), cv[:, :, :kv_len].to(v.dtype)
+
+
+class StaticKVCache(KVCache):
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, dtype: torch.dtype, device):
         shape = (cfg.n_layers, batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.max_len, self.dtype = max_len, dtype
         self._spare: tuple[torch.Tensor, torch.Tensor] | None = None  # reorder's double buffer
-        self.owner = None  # the generation using a cache kept across generations (Engine.static_cache)
         self._make_views()
 
     def _make_views(self):
-        """Per-layer (k, v) views, remade whenever k and v are replaced: made here rather than on first
-        use, so that a compiled step sees no attribute change from one call to the next."""
+        """Per-layer (k, v) views of k and v, made again whenever they are replaced."""
         self._views = list(zip(self.k.unbind(0), self.v.unbind(0)))
 
-    def update(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: int):
-        """Write k, v [B, KV, S, hd] at `slots` [S]; return the first kv_len slots of the cache, in k's
-        dtype (a cache of another dtype, fp16 under fp32 activations, is converted on the way)."""
-        ck, cv = self.k[layer], self.v[layer]
-        ck.index_copy_(2, slots, k.to(ck.dtype))
-        cv.index_copy_(2, slots, v.to(cv.dtype))
-        return ck[:, :, :kv_len].to(k.dtype), cv[:, :, :kv_len].to(v.dtype)
-
     def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The layer's key and value buffers [B, KV, max_len, hd] (contiguous), for kernels that write
-        the cache themselves (``kernels.attention_decode``)."""
         return self._views[layer]
 
     def first_rows(self, n: int) -> "StaticKVCache":
@@ -57,7 +64,7 @@ class StaticKVCache:
         self._make_views()
 
 
-class LayerKVCache:
+class LayerKVCache(KVCache):
     """A static cache with separate key and value buffers [B, KV, max_len, hd] per layer, for compiled
     decode steps (Engine.static_cache): a step writes each layer's buffer in place. In one tensor over
     all layers, as StaticKVCache keeps them, a write through a layer's view is compiled as a rewrite of
@@ -78,13 +85,5 @@ class LayerKVCache:
         twin.keys, twin.values = [k.clone() for k in self.keys], [v.clone() for v in self.values]
         return twin
 
-    def update(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: int):
-        """As StaticKVCache.update."""
-        ck, cv = self.keys[layer], self.values[layer]
-        ck.index_copy_(2, slots, k.to(ck.dtype))
-        cv.index_copy_(2, slots, v.to(cv.dtype))
-        return ck[:, :, :kv_len].to(k.dtype), cv[:, :, :kv_len].to(v.dtype)
-
     def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """As StaticKVCache.layer."""
         return self.keys[layer], self.values[layer]

@@ -84,6 +84,11 @@ def build_model(cfg: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]], m
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise LmforgeError(f"{source}: missing weights {shown}; the checkpoint is incomplete")
     model.load_state_dict(state, strict=False, assign=True)
+    return _ready(model, device)
+
+
+def _ready(model: Transformer, device) -> Transformer:
+    """A model whose weights are in place: tied head, recomputed buffers, inference mode."""
     model.tie_weights()
     model.init_buffers(device)
     model.requires_grad_(False)
@@ -105,7 +110,4 @@ def random_model(cfg: ModelConfig, dtype: torch.dtype, device: torch.device | st
                 p.fill_(1.0)
             else:
                 p.normal_(0.0, 0.02, generator=generator)
-    model.tie_weights()
-    model.init_buffers(device)
-    model.requires_grad_(False)
-    return model.eval()
+    return _ready(model, device)
