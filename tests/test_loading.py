@@ -113,7 +113,7 @@ def test_random_weights_from_a_config_alone(tiny_llama, tmp_path, capsys):
     assert len(ids[0]) == 4
     assert main(["bench", "-m", str(tmp_path), "--random-weights", "--random-prompt", "-p", "4", "-n", "4",
                  "--num-iter", "1", "--num-warmup", "0", "--no-roofline"]) == 0
-    assert "random weights" in capsys.readouterr().out
+    assert "with random weights" in capsys.readouterr().out
     (tmp_path / "config.json").unlink()
     with pytest.raises(LmforgeError, match="config.json"):
         LLM(str(tmp_path), random_weights=True)

@@ -49,6 +49,7 @@ class LLM:
         if threads:
             torch.set_num_threads(threads)
         self.dtype, self.device = parse_dtype(dtype), parse_device(device)
+        self.random_weights = random_weights
         merge_first = adapters is not None and merge_adapters
         self.model, self._tokenizer, self.source = load(model, self.dtype, self.device,
                                                         quantize=None if merge_first else quantize,

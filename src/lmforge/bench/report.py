@@ -62,7 +62,7 @@ def header_lines(results: list[dict]) -> list[str]:
     commit = f", commit {env['git_commit'][:12]}{'-dirty' if env['git_commit'].endswith('-dirty') else ''}" \
         if env["git_commit"] else ""
     lines = [
-        f"model: {model['source']}{' with random weights' if 'random' in (model.get('format') or '') else ''} "
+        f"model: {model['source']}{' with random weights' if model.get('random_weights') else ''} "
         f"({model['architecture']}, {model['parameters']:,} parameters, "
         f"{model['bytes'] / MiB:,.1f} MiB of weights as loaded, {env['dtype']} activations, "
         f"{env.get('kv_cache_dtype', env['dtype'])} KV cache; "

@@ -194,6 +194,7 @@ class LmforgeBackend:
     def model_info(self) -> dict:
         model, src = self.llm.model, self.llm.source
         return {"source": str(src.path), "format": src.describe().get("format"),
+                "random_weights": self.llm.random_weights,
                 "architecture": self.llm.config.architecture,
                 "parameters": parameter_count(self.llm.config),  # from the config: quantized weights are buffers
                 "bytes": metrics.weight_bytes(model), "decode_weight_bytes": metrics.decode_weight_bytes(model),

@@ -110,5 +110,5 @@ class HFSource:
 
     def describe(self) -> dict[str, Any]:
         return {"format": "Hugging Face folder" if self.files else "Hugging Face config.json, random weights",
-                "file_dtype": self.hf_config.get("torch_dtype")
-                or self.hf_config.get("dtype"), "quantization": self.hf_config.get("quantization_config")}
+                "file_dtype": self.hf_config.get("torch_dtype") or self.hf_config.get("dtype"),
+                "quantization": self.hf_config.get("quantization_config")}

@@ -112,14 +112,14 @@ def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Ten
 
 
 def int4_kernel_pack(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor):
-    """(weight, scales_and_zeros) for torch's bf16 int4 kernels, _weight_int4pack_mm_for_cpu on the CPU
-    and _weight_int4pack_mm (tinygemm) on CUDA, on packed's device; None when the layer's shape or group
+    """(weight, scales_and_zeros in bf16) for torch's bf16 int4 kernels, _weight_int4pack_mm_for_cpu on the
+    CPU and _weight_int4pack_mm (tinygemm) on CUDA, on packed's device; None when the layer's shape or group
     size is one the kernel does not take. Both compute (q - 8) * s + m, so the zero point z becomes
     m = (8 - z) * s."""
     N, K = packed.shape[0], packed.shape[1] * 2
     group_size = K // scales.shape[1]
     m = (8 - zeros.float()) * scales.float()
-    sz = torch.stack((scales.float().t(), m.t()), dim=-1).contiguous()  # [G, N, 2]
+    sz = torch.stack((scales.float().t(), m.t()), dim=-1).to(torch.bfloat16).contiguous()  # [G, N, 2]
     if packed.device.type == "cuda":
         if group_size not in INT4_KERNEL_GROUPS or K % (16 * CUDA_INNER_K_TILES) or N % 8:
             return None
@@ -127,7 +127,7 @@ def int4_kernel_pack(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Te
             weight = torch._convert_weight_to_int4pack((packed << 4) | (packed >> 4), CUDA_INNER_K_TILES)
         except (RuntimeError, TypeError):  # a GPU or build without the kernel: the dequantizing product
             return None
-        return weight, sz.to(torch.bfloat16)
+        return weight, sz
     if group_size not in INT4_KERNEL_GROUPS or K % 16 or N % 16:
         return None
     weight = torch._convert_weight_to_int4pack_for_cpu(unpack_int4(packed).to(torch.int32), 2)
@@ -145,7 +145,7 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zer
         if x.device.type != "cpu":
             return torch._weight_int4pack_mm(flat, weight, group_size, sz).reshape(*x.shape[:-1], packed.shape[0])
         if not _compiling():
-            y = torch._weight_int4pack_mm_for_cpu(flat, weight, group_size, sz.to(x.dtype))
+            y = torch._weight_int4pack_mm_for_cpu(flat, weight, group_size, sz)
             return y.reshape(*x.shape[:-1], packed.shape[0])
     return F.linear(x, dequantize_int4(packed, scales, zeros).to(x.dtype))
 
